@@ -1,0 +1,84 @@
+"""What this step was given: CPUs, memory and GPUs, from the allocation, never the host.
+
+Inside a SLURM job the allocation is authoritative (SLURM_CPUS_PER_TASK, SLURM_MEM_PER_*,
+the GPUs SLURM made visible); outside it, what Snakemake granted (``--threads``) and the
+CPU affinity mask of this process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    # SLURM writes e.g. "4(x2)" for per-node lists; the first number is ours.
+    head = value.split("(")[0].split(",")[0]
+    return int(head) if head.isdigit() else None
+
+
+def _host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 4 << 30
+
+
+def _cgroup_memory_bytes() -> int | None:
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < (1 << 60):
+            return int(raw)
+    return None
+
+
+@dataclass(frozen=True)
+class Allocation:
+    cpus: int
+    memory_bytes: int
+    gpus: int
+    in_slurm: bool
+
+    @property
+    def memory_gb(self) -> float:
+        return self.memory_bytes / 1e9
+
+
+def allocation(threads: int | None = None) -> Allocation:
+    """The resources this step may use. ``threads`` is Snakemake's grant on a laptop."""
+    in_slurm = "SLURM_JOB_ID" in os.environ
+    cpus = _int_env("SLURM_CPUS_PER_TASK") if in_slurm else None
+    if cpus is None:
+        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cpus = min(threads, affinity or 1) if threads else (affinity or 1)
+    mem = None
+    if in_slurm:
+        per_node = _int_env("SLURM_MEM_PER_NODE")
+        per_cpu = _int_env("SLURM_MEM_PER_CPU")
+        if per_node:
+            mem = per_node * 1024 * 1024
+        elif per_cpu:
+            mem = per_cpu * 1024 * 1024 * cpus
+    if mem is None:
+        mem = _cgroup_memory_bytes() or _host_memory_bytes()
+    return Allocation(cpus=max(1, cpus), memory_bytes=mem, gpus=visible_gpus(), in_slurm=in_slurm)
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use: those SLURM/CUDA made visible, counted by torch if present."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "NoDevFiles"):
+        return 0
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
