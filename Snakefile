@@ -1,0 +1,27 @@
+# hpcpipe: generate|ingest -> preprocess -> features -> train (models x seeds) -> evaluate -> summary
+# The same workflow runs on a laptop (profiles/default, picked up automatically) and on
+# SLURM (--profile profiles/slurm). All logic lives in src/hpcpipe; rules only wire it.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        "results/summary.csv",
+        "results/summary.png",
+    default_target: True

@@ -1,0 +1,204 @@
+"""`hpcpipe <step>`: one subcommand per pipeline step, called by the workflow's rules.
+
+Rules pass explicit paths and the config section a step depends on as JSON (--params), so
+every step is also runnable by hand. Errors reach the user as one plain sentence (exit 1);
+the full traceback goes to the step's log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hpcpipe import logs
+
+log = logging.getLogger("hpcpipe")
+
+
+def _params(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--params is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--params must be a JSON object")
+    return value
+
+
+def cmd_generate(a: argparse.Namespace) -> None:
+    from hpcpipe.generate import generate_dataset
+    from hpcpipe.ingest import check_serves
+    from hpcpipe.store import chunk_length, write_store
+
+    p = a.params
+    ds = generate_dataset(p["builtin"], p["variables"])
+    check_serves(ds, p["variables"], p["split"], p["lags"], p["leads"], "built-in dataset")
+    per_step = 4 * ds.sizes["lat"] * ds.sizes["lon"] * len(p["variables"])
+    _write(ds, a.output, {"time": chunk_length(ds.sizes["time"], per_step)})
+
+
+def cmd_ingest(a: argparse.Namespace) -> None:
+    from hpcpipe.ingest import ingest
+    from hpcpipe.store import chunk_length, write_store  # noqa: F401
+
+    ds = ingest(a.input, a.params)
+    per_step = 4 * ds.sizes["lat"] * ds.sizes["lon"] * len(ds.data_vars)
+    _write(ds, a.output, {"time": chunk_length(ds.sizes["time"], per_step), "lat": ds.sizes["lat"], "lon": ds.sizes["lon"]})
+
+
+def _write(ds: Any, path: str, chunks: dict[str, int]) -> None:
+    from hpcpipe.store import write_store
+
+    log.info("writing %s (%s, %.1f MB)", path, dict(ds.sizes), ds.nbytes / 1e6)
+    write_store(ds, path, chunks)
+
+
+def cmd_preprocess(a: argparse.Namespace) -> None:
+    from hpcpipe.atomic import write_json
+    from hpcpipe.preprocess import preprocess
+    from hpcpipe.store import chunk_length, open_store
+
+    out, stats = preprocess(open_store(a.input, "raw data"), a.params)
+    per_step = 4 * out["anomaly"][0].size
+    _write(out, a.output, {"time": chunk_length(out.sizes["time"], per_step)})
+    write_json(a.stats, stats)
+
+
+def cmd_thresholds(a: argparse.Namespace) -> None:
+    from hpcpipe.preprocess import thresholds
+    from hpcpipe.store import open_store
+
+    out = thresholds(open_store(a.input, "preprocessed data"), a.params)
+    _write(out, a.output, {"lat": out.sizes["lat"]})
+
+
+def cmd_features(a: argparse.Namespace) -> None:
+    from hpcpipe.features import feature_chunks, split_features
+    from hpcpipe.store import open_store
+
+    pre = open_store(a.input, "preprocessed data")
+    for split, path in (("train", a.train), ("val", a.val), ("test", a.test)):
+        ds = split_features(pre, split, a.params)
+        _write(ds, path, feature_chunks(ds))
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from hpcpipe.train import train
+
+    p = a.params
+    summary = train(a.model, p["model"], p["train"], a.seed, a.features, a.output, a.history, threads=a.threads)
+    log.info("training done: %s", summary)
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from hpcpipe.evaluate import evaluate
+
+    evaluate(a.model, a.features, a.preprocessed, a.thresholds, a.output_dir, a.params, threads=a.threads)
+
+
+def cmd_summary(a: argparse.Namespace) -> None:
+    from hpcpipe.evaluate import summarize
+
+    summarize([Path(p) for p in a.metrics], Path(a.output_csv), Path(a.output_png), title=a.title)
+
+
+def cmd_check_config(a: argparse.Namespace) -> None:
+    from hpcpipe.config import load
+
+    load(a.config)
+    print(f"{a.config}: valid")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpcpipe", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    def step(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        p.add_argument("--log", help="log file (the rule's log:)")
+        p.add_argument("--threads", type=int, default=None, help="CPUs granted (ignored inside SLURM, which says)")
+        p.add_argument("--params", type=_params, default={}, help="the step's config section, as JSON")
+        return p
+
+    p = step("generate", cmd_generate, "generate the built-in dataset")
+    p.add_argument("--output", required=True)
+    p = step("ingest", cmd_ingest, "ingest a CF NetCDF/Zarr dataset")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p = step("preprocess", cmd_preprocess, "climatology, anomalies, normalisation, split")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--stats", required=True)
+    p = step("thresholds", cmd_thresholds, "per-grid-point extreme thresholds of the training period")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p = step("features", cmd_features, "lagged inputs, derived fields and targets per split")
+    p.add_argument("--input", required=True)
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--{split}", required=True, help=f"output store of the {split} split")
+    p = step("train", cmd_train, "train one model with one seed")
+    p.add_argument("--features", required=True, help="directory with train.zarr and val.zarr")
+    p.add_argument("--model", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--output", required=True, help="model.pt")
+    p.add_argument("--history", required=True, help="per-epoch metrics CSV")
+    p = step("evaluate", cmd_evaluate, "skill of one trained model against the baselines")
+    p.add_argument("--model", required=True)
+    p.add_argument("--features", required=True, help="the test split's feature store")
+    p.add_argument("--preprocessed", required=True)
+    p.add_argument("--thresholds", required=True)
+    p.add_argument("--output-dir", required=True)
+    p = step("summary", cmd_summary, "one table and chart across models and seeds")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--output-csv", required=True)
+    p.add_argument("--output-png", required=True)
+    p.add_argument("--title", default="hpcpipe forecast skill")
+    sub.add_parser("launch", help="start N local ranks of a command, like srun -n N (launch -n N CMD...)")
+    p = sub.add_parser("check-config", help="validate a config file against the schema")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_check_config, log=None, threads=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # a process launcher, not a step: no logging or Dask set-up
+        from hpcpipe.launch import main as launch_main
+
+        return launch_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log)
+    from hpcpipe.config import ConfigError
+    from hpcpipe.dask_cluster import dask_runtime
+    from hpcpipe.resources import allocation
+
+    start = time.monotonic()
+    try:
+        alloc = allocation(args.threads)
+        log.info("hpcpipe %s: %d CPUs, %.1f GB, %d GPUs%s", args.command, alloc.cpus, alloc.memory_gb, alloc.gpus, " (SLURM)" if alloc.in_slurm else "")
+        with dask_runtime(alloc):
+            args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+        log.debug("traceback", exc_info=True)
+        logging.getLogger("hpcpipe").error("%s failed: %s", args.command, exc, exc_info=_want_traceback())
+        print(f"hpcpipe {args.command}: error: {exc}", file=sys.stderr) if not args.log else None
+        return 1
+    log.info("hpcpipe %s finished in %.1f s", args.command, time.monotonic() - start)
+    return 0
+
+
+def _want_traceback() -> bool:
+    import os
+
+    return os.environ.get("HPCPIPE_TRACEBACK", "") not in ("", "0")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Config validation: JSON Schema (with defaults filled in) plus the cross-key rules.
+
+Errors name the key, the value and the rule it breaks, all at once, before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
+BUILTIN_VARIABLES = ("t2m", "z500")
+
+
+class ConfigError(ValueError):
+    """The config breaks the schema or a cross-key rule; the message lists every problem."""
+
+
+def _with_defaults(cls: type[jsonschema.protocols.Validator]) -> type:
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: dict, instance: Any, schema: dict) -> Iterator:
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})
+
+
+def load_schema(path: str | Path | None = None) -> dict:
+    with open(path or SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _key(path: Any) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out.lstrip(".") or "(top level)"
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    where = _key(err.absolute_path)
+    if err.validator == "additionalProperties":
+        return f"{where}: {err.message} (schema rule: additionalProperties — check the spelling)"
+    return f"{where}: {err.message} (schema rule: {err.validator})"
+
+
+def validate(config: dict, schema: dict | None = None, source: str = "config") -> dict:
+    """Validate ``config`` in place, filling in defaults; raise ConfigError naming every problem."""
+    schema = schema or load_schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(
+        schema, format_checker=jsonschema.FormatChecker()
+    )
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [_describe(e) for e in errors]
+    if not problems:
+        problems = list(_cross_key_problems(config))
+    if problems:
+        raise ConfigError(
+            f"{source} is invalid ({len(problems)} problem{'s' * (len(problems) > 1)}):\n  - "
+            + "\n  - ".join(problems)
+        )
+    return config
+
+
+def _date(text: str, key: str, problems: list[str]) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        problems.append(f"{key}: {text!r} is not a valid date (YYYY-MM-DD)")
+        return None
+
+
+def _cross_key_problems(c: dict) -> Iterator[str]:
+    problems: list[str] = []
+    ds = c["dataset"]
+    if ds["source"] == "builtin":
+        unknown = [v for v in ds["variables"] if v not in BUILTIN_VARIABLES]
+        if unknown:
+            problems.append(
+                f"dataset.variables: {unknown} not in the built-in dataset "
+                f"(it has {list(BUILTIN_VARIABLES)})"
+            )
+    else:
+        path = c["ingest"]["path"]
+        if not path:
+            problems.append("ingest.path: required when dataset.source is 'file'")
+        elif not Path(path).exists():
+            problems.append(f"ingest.path: {path!r} does not exist")
+    periods: dict[str, tuple[dt.date, dt.date]] = {}
+    for name, (start, end) in c["preprocess"]["split"].items():
+        a = _date(start, f"preprocess.split.{name}[0]", problems)
+        b = _date(end, f"preprocess.split.{name}[1]", problems)
+        if a and b:
+            if b < a:
+                problems.append(f"preprocess.split.{name}: end {end} is before start {start}")
+            periods[name] = (a, b)
+    names = sorted(periods, key=lambda n: periods[n][0])
+    for x, y in zip(names, names[1:], strict=False):
+        if periods[y][0] <= periods[x][1]:
+            problems.append(f"preprocess.split: periods {x} and {y} overlap")
+    if ds["source"] == "builtin" and periods:
+        b = ds["builtin"]
+        first = dt.date.fromisoformat(b["start"])
+        last = first + dt.timedelta(days=b["n_days"] - 1)
+        for name, (a, e) in periods.items():
+            if a < first or e > last:
+                problems.append(
+                    f"preprocess.split.{name}: {a}..{e} is outside the built-in data "
+                    f"({first}..{last}, dataset.builtin.start and n_days)"
+                )
+    if c["evaluate"]["headline_lead"] not in c["features"]["leads"]:
+        problems.append(
+            f"evaluate.headline_lead: {c['evaluate']['headline_lead']} is not one of "
+            f"features.leads {c['features']['leads']}"
+        )
+    if ds["source"] == "builtin" and "unet" in c["train"]["models"]:
+        depth = c["models"]["unet"]["depth"]
+        coarsen = c["preprocess"]["coarsen"]
+        for dim in ("n_lat", "n_lon"):
+            n = ds["builtin"][dim] // coarsen
+            if n % 2**depth:
+                problems.append(
+                    f"models.unet.depth: {depth} needs dataset.builtin.{dim}/preprocess.coarsen "
+                    f"({n}) to divide by {2**depth}"
+                )
+    yield from problems
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate a config file (used by `hpcpipe check-config` and tests)."""
+    p = Path(path)
+    try:
+        with open(p) as f:
+            config = yaml.safe_load(f) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {p}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    return validate(config, source=str(p))
+
+
+def as_json(obj: Any) -> str:
+    """Compact, key-sorted JSON: what rules pass to `hpcpipe <step> --params`."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

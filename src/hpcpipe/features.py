@@ -1,0 +1,92 @@
+"""Features: lagged input stacks, derived fields and multi-lead targets per split.
+
+Samples are materialised (sample, channel, lat, lon) and chunked along ``sample`` only, so
+training reads a random mini-batch as one contiguous slice. A split's samples are the
+initial times t inside the split whose lags t-l and targets t+L exist, with targets inside
+the split (no leakage across periods).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from hpcpipe.store import chunk_length
+
+log = logging.getLogger("hpcpipe.features")
+SPLITS = ("train", "val", "test")
+FEATURE_CHUNK_BYTES = 64 * 2**20
+
+
+def _gradients(x: np.ndarray) -> np.ndarray:
+    """Centred differences per grid cell: d/dx periodic in longitude, d/dy one-sided at the poles."""
+    ddx = 0.5 * (np.roll(x, -1, axis=-1) - np.roll(x, 1, axis=-1))
+    ddy = np.gradient(x, axis=-2) if x.shape[-2] > 1 else np.zeros_like(x)
+    return np.concatenate([ddx, ddy], axis=1).astype(np.float32)
+
+
+def sample_range(bounds: tuple[int, int], lags: list[int], leads: list[int]) -> tuple[int, int]:
+    i0, i1 = bounds
+    return max(i0, max(lags)), i1 - max(leads)
+
+
+def channel_names(variables: list[str], lags: list[int], derived: list[str]) -> list[str]:
+    names = [f"{v}_lag{lag}" for lag in lags for v in variables]
+    if "gradient" in derived:
+        names += [f"{v}_ddx" for v in variables] + [f"{v}_ddy" for v in variables]
+    return names
+
+
+def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Dataset:
+    """The (lazy) features dataset of one split."""
+    lags, leads, derived = params["lags"], params["leads"], params["derived"]
+    labels = pre["split"].values
+    where = np.nonzero(labels == split)[0]
+    if where.size == 0:
+        raise ValueError(f"split {split!r} has no time steps in the preprocessed store")
+    s0, s1 = sample_range((int(where[0]), int(where[-1]) + 1), lags, leads)
+    if s1 <= s0:
+        raise ValueError(f"split {split!r}: too few time steps for lags {lags} and leads {leads}")
+    a = pre["anomaly"].data  # (time, variable, lat, lon)
+    parts = [a[s0 - lag : s1 - lag] for lag in lags]
+    if "gradient" in derived:
+        parts.append(a[s0:s1].map_blocks(_gradients, chunks=(a[s0:s1].chunks[0], (2 * a.shape[1],), *a.chunks[2:]), dtype=np.float32))
+    inputs = da.concatenate(parts, axis=1)
+    inputs = da.where(da.isnan(inputs), np.float32(0), inputs)
+    targets = da.stack([a[s0 + lead : s1 + lead] for lead in leads], axis=1)
+    targets = da.where(da.isnan(targets), np.float32(0), targets)
+    mask = np.isfinite(pre["anomaly"].isel(time=s0).values)
+
+    time = pre["time"].values
+    variables = [str(v) for v in pre["variable"].values]
+    n = s1 - s0
+    ds = xr.Dataset(
+        {
+            "inputs": (("sample", "channel", "lat", "lon"), inputs),
+            "targets": (("sample", "lead", "variable", "lat", "lon"), targets),
+            "mask": (("variable", "lat", "lon"), mask),
+        },
+        coords={
+            "sample": np.arange(n),
+            "time": ("sample", time[s0:s1]),
+            "valid_time": (("sample", "lead"), np.stack([time[s0 + lead : s1 + lead] for lead in leads], axis=1)),
+            "lead": np.asarray(leads, dtype=np.int64),
+            "channel": channel_names(variables, lags, derived),
+            "variable": variables,
+            "lat": pre["lat"].values,
+            "lon": pre["lon"].values,
+        },
+        attrs={"split": split, "lags": list(lags), "leads": list(leads)},
+    )
+    per_sample = 4 * (inputs.shape[1] + targets.shape[1] * targets.shape[2]) * a.shape[2] * a.shape[3]
+    log.info("%s: %d samples, %d channels, %.1f MB", split, n, inputs.shape[1], n * per_sample / 1e6)
+    return ds
+
+
+def feature_chunks(ds: xr.Dataset) -> dict[str, int]:
+    per_sample = int(ds["inputs"][0].nbytes + ds["targets"][0].nbytes)
+    return {"sample": chunk_length(ds.sizes["sample"], per_sample, FEATURE_CHUNK_BYTES)}

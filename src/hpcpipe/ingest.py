@@ -1,0 +1,182 @@
+"""Ingest: read any CF NetCDF/Zarr dataset into the canonical raw store, or fail clearly.
+
+Canonical form (docs/data-contracts.md): dims (time, lat, lon), lat ascending, lon in
+[0, 360) ascending, time strictly increasing with a regular step, float32 variables.
+Every check names the file and the variable or dimension at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+log = logging.getLogger("hpcpipe.ingest")
+DIMS = ("time", "lat", "lon")
+
+
+class DatasetError(ValueError):
+    """The dataset cannot serve the pipeline; the message names the file and what is wrong."""
+
+
+def open_source(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Open a NetCDF file or Zarr store lazily, decoding any CF calendar."""
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError(f"{p}: no such file or directory (ingest.path)")
+    coder = xr.coders.CFDatetimeCoder(use_cftime=None)  # cftime only where numpy cannot
+    try:
+        if p.is_dir() or p.suffix == ".zarr":
+            return xr.open_zarr(p, chunks={}, decode_times=coder, consolidated=None)
+        return xr.open_dataset(p, chunks={}, decode_times=coder)
+    except Exception as exc:
+        raise DatasetError(f"{p}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: {exc})") from exc
+
+
+def canonicalise(ds: xr.Dataset, variables: list[str], rename: dict[str, str], name: str) -> xr.Dataset:
+    """Rename, select, reorder and normalise ``ds`` to the canonical form."""
+    inverse = {src: canon for canon, src in rename.items()}
+    missing_src = [src for src in inverse if src not in ds.variables and src not in ds.dims]
+    if missing_src:
+        raise DatasetError(
+            f"{name}: ingest.rename refers to {missing_src}, which the file does not have "
+            f"(it has variables {sorted(map(str, ds.data_vars))} and dims {sorted(map(str, ds.dims))})"
+        )
+    ds = ds.rename({k: v for k, v in inverse.items() if k != v})
+    for dim in DIMS:
+        if dim not in ds.dims:
+            raise DatasetError(
+                f"{name}: no dimension {dim!r} (dims are {sorted(map(str, ds.dims))}); "
+                f"map it with ingest.rename.{dim}"
+            )
+    absent = [v for v in variables if v not in ds.data_vars]
+    if absent:
+        raise DatasetError(
+            f"{name}: variable(s) {absent} not found (it has {sorted(map(str, ds.data_vars))}); "
+            "fix dataset.variables or map names with ingest.rename"
+        )
+    out = {}
+    for v in variables:
+        da = ds[v]
+        for dim in da.dims:
+            if dim not in DIMS:
+                if da.sizes[dim] != 1:
+                    raise DatasetError(
+                        f"{name}: variable {v!r} has extra dimension {dim!r} of size "
+                        f"{da.sizes[dim]}; select one level before ingesting"
+                    )
+                da = da.isel({dim: 0}, drop=True)
+        lacking = [d for d in DIMS if d not in da.dims]
+        if lacking:
+            raise DatasetError(f"{name}: variable {v!r} lacks dimension(s) {lacking} (has {list(da.dims)})")
+        if da.dtype.kind not in "fiu":
+            raise DatasetError(f"{name}: variable {v!r} has non-numeric dtype {da.dtype}")
+        out[v] = da.transpose(*DIMS).astype("float32")
+    res = xr.Dataset(out)
+    res = _normalise_coords(res, name)
+    for v in variables:
+        res[v].attrs = {k: ds[v].attrs[k] for k in ("units", "long_name") if k in ds[v].attrs}
+    res.attrs = {"source": str(name)}
+    return res
+
+
+def _normalise_coords(ds: xr.Dataset, name: str) -> xr.Dataset:
+    lat = ds["lat"].values
+    if lat.ndim != 1 or np.any(np.abs(lat) > 90):
+        raise DatasetError(f"{name}: latitude must be 1-D degrees in [-90, 90]")
+    if lat.size > 1 and not (np.all(np.diff(lat) > 0) or np.all(np.diff(lat) < 0)):
+        raise DatasetError(f"{name}: latitude is not monotonic")
+    if lat.size > 1 and lat[0] > lat[-1]:
+        ds = ds.isel(lat=slice(None, None, -1))  # descending latitude (ERA5 style) -> ascending
+    lon = ds["lon"].values
+    if np.any(lon < 0):
+        ds = ds.assign_coords(lon=np.mod(lon, 360.0))
+    ds = ds.sortby("lon")
+    if np.any(np.diff(ds["lon"].values) == 0):
+        raise DatasetError(f"{name}: duplicated longitudes")
+    times = ds.indexes["time"]
+    if times.has_duplicates:
+        dup = times[times.duplicated()][0]
+        raise DatasetError(f"{name}: duplicated time {dup}; each time step must appear once")
+    if not times.is_monotonic_increasing:
+        log.warning("%s: time is not sorted; sorting it", name)
+        ds = ds.sortby("time")
+    return ds
+
+
+def time_step(ds: xr.Dataset, name: str) -> Any:
+    """The regular time step of ``ds``; a gap or irregular step is an error."""
+    times = ds.indexes["time"]
+    if len(times) < 2:
+        raise DatasetError(f"{name}: only {len(times)} time step(s); at least the split periods are needed")
+    steps = np.unique(np.asarray(times[1:] - times[:-1]))
+    if len(steps) != 1:
+        raise DatasetError(
+            f"{name}: the time step is irregular ({len(steps)} different steps, e.g. "
+            f"{steps[0]} and {steps[-1]}); regrid in time first"
+        )
+    return steps[0]
+
+
+def split_indices(ds: xr.Dataset, split: dict[str, list[str]], name: str) -> dict[str, tuple[int, int]]:
+    """[start, stop) time indices of each split period."""
+    times = ds.indexes["time"]
+    out = {}
+    for part, (start, end) in split.items():
+        idx = np.nonzero((times >= _as_time(start, times)) & (times <= _as_time(end, times, end=True)))[0]
+        if idx.size == 0:
+            raise DatasetError(
+                f"{name}: preprocess.split.{part} ({start}..{end}) contains no time step "
+                f"(data cover {times[0]}..{times[-1]})"
+            )
+        out[part] = (int(idx[0]), int(idx[-1]) + 1)
+    return out
+
+
+def _as_time(text: str, times: Any, end: bool = False) -> Any:
+    # Compare in the index's own type so cftime calendars work.
+    if isinstance(times, xr.CFTimeIndex):
+        import cftime
+
+        y, m, d = (int(x) for x in text.split("-"))
+        cal = times.calendar
+        if end:
+            return cftime.datetime(y, m, min(d, 30 if cal == "360_day" else d), 23, 59, 59, calendar=cal)
+        return cftime.datetime(y, m, min(d, 30 if cal == "360_day" else d), calendar=cal)
+    t = np.datetime64(text)
+    return t + np.timedelta64(1, "D") - np.timedelta64(1, "ns") if end else t
+
+
+def check_serves(
+    ds: xr.Dataset, variables: list[str], split: dict, lags: list[int], leads: list[int], name: str
+) -> dict[str, int]:
+    """Check that ``ds`` can feed every split with the lags and leads; return sample counts."""
+    time_step(ds, name)
+    bounds = split_indices(ds, split, name)
+    counts = {}
+    for part, (i0, i1) in bounds.items():
+        lo, hi = max(i0, max(lags)), i1 - max(leads)
+        counts[part] = max(0, hi - lo)
+        if counts[part] < 1:
+            raise DatasetError(
+                f"{name}: split {part!r} has {i1 - i0} time steps, too few for lags {lags} and "
+                f"leads {leads} (need more than {max(leads)} steps after the first usable one)"
+            )
+    for v in variables:
+        first = ds[v].isel(time=slice(0, min(ds.sizes["time"], 8))).values
+        if not np.isfinite(first).any():
+            raise DatasetError(f"{name}: variable {v!r} is all NaN in its first time steps")
+    return counts
+
+
+def ingest(path: str, params: dict[str, Any]) -> xr.Dataset:
+    """Open, canonicalise and check an external dataset (lazy; the CLI writes it)."""
+    name = str(path)
+    ds = canonicalise(open_source(path), params["variables"], params.get("rename", {}), name)
+    counts = check_serves(ds, params["variables"], params["split"], params["lags"], params["leads"], name)
+    log.info("%s: %s, samples per split %s", name, dict(ds.sizes), counts)
+    return ds

@@ -1,0 +1,68 @@
+"""`hpcpipe launch -n N CMD...`: start N local ranks of CMD, as srun does on a cluster.
+
+Each rank gets the torchrun variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT), which hpcpipe.distributed reads. With N=1 the command simply replaces this
+process. If one rank fails, the others are stopped and its exit status is returned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(n: int, command: list[str]) -> int:
+    if not command:
+        raise SystemExit("hpcpipe launch: no command given")
+    if n == 1:
+        os.execvp(command[0], command)
+    port = str(free_port())
+    procs = []
+    for rank in range(n):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n),
+                   LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
+        procs.append(subprocess.Popen(command, env=env))
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    status = 0
+    while procs:
+        for p in list(procs):
+            rc = p.poll()
+            if rc is None:
+                continue
+            procs.remove(p)
+            if rc != 0 and status == 0:
+                status = rc
+                forward(signal.SIGTERM, None)  # one rank failed: do not leave the others hanging
+        time.sleep(0.05)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="hpcpipe launch", description=__doc__.split("\n")[0])
+    parser.add_argument("-n", "--ntasks", type=int, default=1)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    return launch(args.ntasks, args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Preprocess: coarsen, climatology, anomalies, normalisation, time split (Dask + xarray).
+
+All statistics (climatology, mean/std, extreme quantiles) come from the training period
+only, so nothing from val/test leaks into the model. Each pass over the data is one small
+Dask graph with one task per storage chunk: climatology sums, anomaly statistics, write.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from hpcpipe.ingest import split_indices
+
+log = logging.getLogger("hpcpipe.preprocess")
+
+
+def period_index(time: xr.DataArray, kind: str) -> tuple[np.ndarray, int]:
+    """0-based climatology period of each time (day of year or month) and the period count."""
+    if kind == "month":
+        return time.dt.month.values.astype(np.int64) - 1, 12
+    index = time.to_index()
+    calendar = getattr(index, "calendar", "standard")
+    n = {"360_day": 360, "noleap": 365, "365_day": 365}.get(calendar, 366)
+    return time.dt.dayofyear.values.astype(np.int64) - 1, n
+
+
+def _period_sums(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
+    """Sums and counts of finite values per period for one time block: (2, n, ...)."""
+    out = np.zeros((2, n, *x.shape[1:]), dtype=np.float64)
+    finite = np.isfinite(x)
+    xz = np.where(finite, x, 0.0)
+    for p in np.unique(idx):  # a block spans < 1 year, so these are few
+        sel = idx == p
+        out[0, p] = xz[sel].sum(axis=0)
+        out[1, p] = finite[sel].sum(axis=0)
+    return out
+
+
+def _circular_smooth(a: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving sum over axis 0, wrapping around the year."""
+    if window <= 1:
+        return a
+    half = window // 2
+    padded = np.concatenate([a[-half:], a, a[: window - half - 1]], axis=0)
+    c = np.cumsum(padded, axis=0)
+    c = np.concatenate([np.zeros_like(c[:1]), c], axis=0)
+    return c[window:] - c[:-window]
+
+
+def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
+    """Mean per period of ``x`` (time, ...), smoothed circularly for day of year."""
+    idx, n = period_index(x["time"], kind)
+    data = x.data if isinstance(x.data, da.Array) else da.from_array(x.data, chunks=(len(idx),) + x.shape[1:])
+    idx_d = da.from_array(idx, chunks=(data.chunks[0],))
+    parts = [
+        dask.delayed(_period_sums)(blk, i, n)
+        for blk, i in zip(data.to_delayed().ravel(), idx_d.to_delayed().ravel(), strict=True)
+    ]
+    total = dask.delayed(sum)(parts).compute()
+    sums, counts = total[0], total[1]
+    if kind == "dayofyear":
+        sums, counts = _circular_smooth(sums, window), _circular_smooth(counts, window)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        clim = sums / counts
+    # A period with no data at all (e.g. 29 Feb absent from the training years) takes its
+    # neighbour's value; points masked everywhere stay NaN.
+    seen = (counts > 0).reshape(n, -1).any(axis=1)
+    if not seen.any():
+        raise ValueError("no finite value in the training period")
+    for p in range(n):
+        if not seen[p]:
+            q = p
+            while not seen[q]:
+                q = (q - 1) % n
+            clim[p] = clim[q]
+    coords = {k: v for k, v in x.coords.items() if "time" not in v.dims}
+    out = xr.DataArray(clim.astype(np.float32), dims=("period", *x.dims[1:]), coords=coords)
+    return out.assign_coords(period=xr.DataArray(np.arange(1, n + 1), dims="period", attrs={"kind": kind}))
+
+
+def _normalised_anomaly(x: np.ndarray, idx: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return ((x - clim[idx] - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
+
+
+def anomalies(x: xr.DataArray, clim: xr.DataArray, mean: np.ndarray, std: np.ndarray) -> xr.DataArray:
+    """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph)."""
+    idx, _ = period_index(x["time"], clim["period"].attrs["kind"])
+    data = x.data if isinstance(x.data, da.Array) else da.from_array(x.data)
+    idx_d = da.from_array(idx, chunks=(data.chunks[0],))
+    clim_d = da.from_array(clim.values, chunks=(-1, *data.chunks[1:]))
+    out = da.blockwise(
+        _normalised_anomaly, "tvyx", data, "tvyx", idx_d, "t", clim_d, "pvyx",
+        mean=np.asarray(mean, np.float64), std=np.asarray(std, np.float64),
+        concatenate=True, dtype=np.float32,
+    )  # fmt: skip
+    return xr.DataArray(out, dims=x.dims, coords=x.coords)
+
+
+def _quantile_block(x: np.ndarray, q: float) -> np.ndarray:
+    f = np.nanquantile if np.isnan(x).any() else np.quantile
+    with np.errstate(all="ignore"):
+        return f(x, q, axis=0).astype(np.float32)
+
+
+def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dict]:
+    """The preprocessed dataset (lazy where large) and the stats for stats.json."""
+    variables = params["variables"]
+    x = raw[variables].to_array("variable").transpose("time", "variable", "lat", "lon")
+    x = x.astype(np.float32)
+    if params["coarsen"] > 1:
+        c = params["coarsen"]
+        x = x.coarsen(lat=c, lon=c, boundary="trim").mean()
+    bounds = split_indices(raw, params["split"], "raw data")
+    t0, t1 = bounds["train"]
+    train = x.isel(time=slice(t0, t1))
+    kind = params["climatology"]
+    log.info("climatology (%s, window %d) over %d training steps", kind, params["climatology_window"], t1 - t0)
+    clim = climatology(train, kind, params["climatology_window"])
+
+    zero, one = np.zeros(len(variables)), np.ones(len(variables))
+    raw_anom = anomalies(train, clim, zero, one).data
+    mean, sq = dask.compute(da.nanmean(raw_anom, axis=(0, 2, 3)), da.nanmean(raw_anom.astype(np.float64) ** 2, axis=(0, 2, 3)))
+    std = np.sqrt(np.maximum(sq - mean**2, 0.0))
+    bad = [v for v, s in zip(variables, std, strict=True) if not np.isfinite(s) or s == 0]
+    if bad:
+        raise ValueError(f"variable(s) {bad} have no variability in the training period; cannot normalise")
+    anom = anomalies(x, clim, mean, std)
+
+    labels = np.full(x.sizes["time"], "", dtype="<U5")
+    for part, (i0, i1) in bounds.items():
+        labels[i0:i1] = part
+    out = xr.Dataset(
+        {
+            "anomaly": anom,
+            "climatology": clim,
+            "mean": ("variable", mean.astype(np.float64)),
+            "std": ("variable", std.astype(np.float64)),
+        },
+        coords={"split": ("time", labels)},
+    )
+    out["anomaly"].attrs = {"long_name": "normalised anomaly", "units": "1"}
+    out["climatology"].attrs = {"long_name": f"{kind} climatology of the training period"}
+    units = {v: raw[v].attrs.get("units", "") for v in variables}
+    stats = {
+        "variables": {v: {"mean": float(m), "std": float(s), "units": units[v]} for v, m, s in zip(variables, mean, std, strict=True)},
+        "counts": {part: i1 - i0 for part, (i0, i1) in bounds.items()},
+        "climatology": kind,
+        "grid": [int(x.sizes["lat"]), int(x.sizes["lon"])],
+    }
+    return out, stats
+
+
+def thresholds(pre: xr.Dataset, params: dict[str, Any]) -> xr.Dataset:
+    """Per-grid-point quantile of the training-period normalised anomaly (extreme events).
+
+    A separate step from preprocess so that changing the quantile reruns evaluation only.
+    """
+    q = params["extreme_quantile"]
+    idx = np.nonzero(pre["split"].values == "train")[0]
+    train = pre["anomaly"].isel(time=slice(int(idx[0]), int(idx[-1]) + 1)).data
+    nt, nv, _, nx = train.shape
+    # The quantile needs the whole time series of a point: chunk by latitude rows instead.
+    rows = max(1, int(64 * 2**20 // max(1, 4 * nt * nv * nx)))
+    qd = train.rechunk({0: -1, 1: -1, 2: rows, 3: -1}).map_blocks(
+        _quantile_block, q, drop_axis=0, dtype=np.float32
+    )
+    coords = {k: pre.coords[k] for k in ("variable", "lat", "lon")}
+    out = xr.Dataset({"quantile": xr.DataArray(qd, dims=("variable", "lat", "lon"), coords=coords)})
+    out["quantile"].attrs = {"long_name": f"{q} quantile of training-period normalised anomaly"}
+    out.attrs["extreme_quantile"] = q
+    return out

@@ -1,0 +1,74 @@
+# Shared helpers: config validation, the params each step depends on, resource tiers.
+from hpcpipe.config import ConfigError, as_json, validate
+
+# Validate (and fill defaults) before any job is planned; an error names every bad key.
+try:
+    validate(config, source="config (config/config.yaml and --config overrides)")
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+MODELS = config["train"]["models"]
+SEEDS = config["train"]["seeds"]
+VARIABLES = config["dataset"]["variables"]
+
+# Resource tiers (like nf-core labels): one place for sizes. Memory and runtime grow
+# with each retry (attempt), so a job killed for lack of either gets more next time.
+TIERS = {
+    "tiny": {"mem_mb": 1000, "runtime": 10, "threads": 1},
+    "array": {"mem_mb": 4000, "runtime": 60, "threads": 2},
+    "train": {"mem_mb": 4000, "runtime": 120, "threads": 1},
+}
+
+
+def tier_mem(name):
+    return lambda wildcards, attempt: TIERS[name]["mem_mb"] * attempt
+
+
+def tier_runtime(name):
+    return lambda wildcards, attempt: TIERS[name]["runtime"] * attempt
+
+
+def tier_threads(name):
+    return TIERS[name]["threads"]
+
+
+# The exact config each step depends on: Snakemake reruns a step when its params change.
+def split_and_window():
+    return {
+        "variables": VARIABLES,
+        "split": config["preprocess"]["split"],
+        "lags": config["features"]["lags"],
+        "leads": config["features"]["leads"],
+    }
+
+
+def data_params():
+    if config["dataset"]["source"] == "builtin":
+        return as_json({"builtin": config["dataset"]["builtin"], **split_and_window()})
+    return as_json({"rename": config["ingest"]["rename"], **split_and_window()})
+
+
+def preprocess_params():
+    return as_json({"variables": VARIABLES, **config["preprocess"]})
+
+
+def thresholds_params():
+    return as_json(
+        {
+            "split": config["preprocess"]["split"],
+            "extreme_quantile": config["evaluate"]["extreme_quantile"],
+        }
+    )
+
+
+def features_params():
+    return as_json(config["features"])
+
+
+def train_params(wildcards):
+    return as_json({"train": config["train"], "model": config["models"][wildcards.model]})
+
+
+def evaluate_params():
+    return as_json({"variables": VARIABLES, **config["evaluate"]})
