@@ -52,6 +52,9 @@ def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Da
     if s1 <= s0:
         raise ValueError(f"split {split!r}: too few time steps for lags {lags} and leads {leads}")
     a = pre["anomaly"].data  # (time, variable, lat, lon)
+    if not isinstance(a, da.Array):
+        a = da.from_array(a, chunks=(-1, -1, -1, -1))
+    a = a.rechunk({1: -1, 2: -1, 3: -1})  # whole fields per chunk for the gradient
     parts = [a[s0 - lag : s1 - lag] for lag in lags]
     if "gradient" in derived:
         parts.append(a[s0:s1].map_blocks(_gradients, chunks=(a[s0:s1].chunks[0], (2 * a.shape[1],), *a.chunks[2:]), dtype=np.float32))

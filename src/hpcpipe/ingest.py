@@ -39,6 +39,8 @@ def open_source(path: str | os.PathLike[str]) -> xr.Dataset:
 
 def canonicalise(ds: xr.Dataset, variables: list[str], rename: dict[str, str], name: str) -> xr.Dataset:
     """Rename, select, reorder and normalise ``ds`` to the canonical form."""
+    if not ds.data_vars:
+        raise DatasetError(f"{name}: contains no data variables (an empty or truncated file?)")
     inverse = {src: canon for canon, src in rename.items()}
     missing_src = [src for src in inverse if src not in ds.variables and src not in ds.dims]
     if missing_src:

@@ -113,7 +113,8 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     """The preprocessed dataset (lazy where large) and the stats for stats.json."""
     variables = params["variables"]
     x = raw[variables].to_array("variable").transpose("time", "variable", "lat", "lon")
-    x = x.astype(np.float32)
+    # One chunk holds every variable and the whole grid: blockwise ops then see whole fields.
+    x = x.astype(np.float32).chunk({"variable": -1, "lat": -1, "lon": -1})
     if params["coarsen"] > 1:
         c = params["coarsen"]
         x = x.coarsen(lat=c, lon=c, boundary="trim").mean()

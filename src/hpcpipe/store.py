@@ -44,15 +44,11 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike[str], chunks: dict[str, 
 
     The data stay lazy until Dask writes each chunk, so nothing is gathered into memory.
     """
-    ds = ds.copy()
-    for name, var in ds.variables.items():
+    # Dims not named in ``chunks`` are stored whole; Dask chunks then match Zarr chunks,
+    # which makes parallel writes safe.
+    ds = ds.chunk({d: min(chunks.get(d, n), n) for d, n in ds.sizes.items()})
+    for var in ds.variables.values():
         var.encoding = {}
-        if name in ds.data_vars or name not in ds.dims:
-            cs = tuple(min(chunks.get(d, n), n) for d, n in zip(var.dims, var.shape, strict=True))
-            if var.dtype.kind in "fiub" and cs:
-                ds[name].encoding["chunks"] = cs
-    ds = ds.chunk({d: min(c, ds.sizes[d]) for d, c in chunks.items() if d in ds.dims})
-    # Dask chunks of variables without the chunked dims must still match their encoding.
     with atomic_path(path) as tmp:
         ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=True)
 

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hpcpipe.launch import launch
+
+
+def test_ranks_get_torchrun_variables(tmp_path: Path):
+    code = "import os, pathlib; pathlib.Path(os.environ['OUT'], os.environ['RANK']).write_text(os.environ['WORLD_SIZE'] + ' ' + os.environ['MASTER_PORT'])"
+    import os
+
+    os.environ["OUT"] = str(tmp_path)
+    assert launch(3, [sys.executable, "-c", code]) == 0
+    texts = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert sorted(texts) == ["0", "1", "2"] and len(set(texts.values())) == 1
+    assert texts["0"].startswith("3 ")
+
+
+def test_a_failing_rank_fails_the_launch_and_stops_the_others():
+    code = "import os, sys, time\nif os.environ['RANK'] == '1': sys.exit(3)\ntime.sleep(60)"
+    assert launch(2, [sys.executable, "-c", code]) == 3
