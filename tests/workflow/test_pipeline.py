@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import xarray as xr
+from conftest import make_workdir, planned_jobs, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def test_whole_pipeline_outputs(pipeline_run: Path):
+    r = pipeline_run / "results"
+    for model in ("cnn", "unet"):
+        m = json.loads((r / "eval" / model / "0" / "metrics.json").read_text())
+        assert set(m["rmse"]) == {"model", "persistence", "climatology"}
+        for forecaster in m["rmse"].values():
+            assert set(forecaster) == {"t2m", "z500"}
+            assert all(v > 0 for v in forecaster["t2m"].values())
+        for name in ("skill_vs_lead.png", "error_maps.png", "loss_curve.png", "metrics.csv"):
+            assert (r / "eval" / model / "0" / name).stat().st_size > 1000
+        hist = pd.read_csv(r / "models" / model / "0" / "history.csv")
+        assert len(hist) >= 1 and hist["val_loss"].notna().all()
+    summary = pd.read_csv(r / "summary.csv")
+    assert {"cnn", "unet"} <= set(summary["model"])
+    feats = xr.open_zarr(r / "features" / "test.zarr")
+    assert feats.sizes["lat"] == 16 and list(feats["lead"].values) == [1, 2, 3]
+    for log in ("generate", "preprocess", "features", "thresholds", "summary"):
+        assert (pipeline_run / "logs" / f"{log}.log").read_text().strip()
+
+
+def test_noop_rerun_plans_nothing(pipeline_run: Path):
+    assert planned_jobs(pipeline_run) == {}
+
+
+def test_report_is_built(pipeline_run: Path):
+    snakemake(pipeline_run, "--report", "results/report.html")
+    html = (pipeline_run / "results" / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"evaluate": {"extreme_quantile": 0.8}}, {"thresholds": 1, "evaluate": 2, "summary": 1, "all": 1}),
+        ({"models": {"unet": {"channels": 4}}}, {"train": 1, "evaluate": 1, "summary": 1, "all": 1}),
+        ({"report": {"title": "x"}}, {"summary": 1, "all": 1}),
+        ({"features": {"lags": [0, 2]}}, {"features": 1, "train": 2, "evaluate": 2, "summary": 1, "all": 1}),
+    ],
+)
+def test_a_changed_setting_reruns_only_what_depends_on_it(pipeline_run: Path, override: dict, expected: dict):
+    args = ["--config", *(f"{k}={json.dumps(v)}" for k, v in override.items())]
+    assert planned_jobs(pipeline_run, *args) == expected
+
+
+def test_bad_config_stops_before_any_job(tmp_path: Path):
+    wd = make_workdir(tmp_path, {"train": {"epochs": -1}})
+    proc = snakemake(wd, check=False)
+    assert proc.returncode != 0
+    assert "train.epochs: -1 is less than the minimum of 1" in proc.stderr + proc.stdout
+    assert not (wd / "data").exists() and not (wd / "results").exists()
