@@ -21,7 +21,7 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/summary.csv",
         "results/summary.png",
-    default_target: True

@@ -67,7 +67,9 @@ def features_params():
 
 
 def train_params(wildcards):
-    return as_json({"train": config["train"], "model": config["models"][wildcards.model]})
+    return as_json(
+        {"train": config["train"], "model": config["models"][wildcards.model]}
+    )
 
 
 def evaluate_params():

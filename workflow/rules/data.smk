@@ -4,14 +4,16 @@ if config["dataset"]["source"] == "builtin":
     rule generate:
         output:
             directory("data/raw.zarr"),
-        params:
-            cfg=data_params(),
         log:
             "logs/generate.log",
+        conda:
+            "../../envs/data.yaml"
         threads: tier_threads("array")
         resources:
             mem_mb=tier_mem("array"),
             runtime=tier_runtime("array"),
+        params:
+            cfg=data_params(),
         shell:
             "hpcpipe generate --params {params.cfg:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
@@ -23,14 +25,16 @@ else:
             config["ingest"]["path"],
         output:
             directory("data/raw.zarr"),
-        params:
-            cfg=data_params(),
         log:
             "logs/ingest.log",
+        conda:
+            "../../envs/data.yaml"
         threads: tier_threads("array")
         resources:
             mem_mb=tier_mem("array"),
             runtime=tier_runtime("array"),
+        params:
+            cfg=data_params(),
         shell:
             "hpcpipe ingest --params {params.cfg:q} --input {input:q} --output {output:q} "
             "--threads {threads} --log {log:q}"

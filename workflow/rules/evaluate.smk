@@ -31,14 +31,16 @@ rule evaluate:
             category="Training",
             subcategory="{model} seed {seed}",
         ),
-    params:
-        cfg=evaluate_params(),
     log:
         "logs/evaluate/{model}/{seed}.log",
+    conda:
+        "../../envs/evaluate.yaml"
     threads: tier_threads("tiny")
     resources:
         mem_mb=tier_mem("array"),
         runtime=tier_runtime("tiny"),
+    params:
+        cfg=evaluate_params(),
     shell:
         "hpcpipe evaluate --params {params.cfg:q} --model {input.model:q} "
         "--features {input.features:q} --preprocessed {input.preprocessed:q} "
@@ -54,16 +56,20 @@ rule summary:
             "results/summary.csv", caption="../report/summary.rst", category="Summary"
         ),
         chart=report(
-            "results/summary.png", caption="../report/summary_chart.rst", category="Summary"
+            "results/summary.png",
+            caption="../report/summary_chart.rst",
+            category="Summary",
         ),
-    params:
-        title=config["report"]["title"],
     log:
         "logs/summary.log",
+    conda:
+        "../../envs/evaluate.yaml"
     threads: tier_threads("tiny")
     resources:
         mem_mb=tier_mem("tiny"),
         runtime=tier_runtime("tiny"),
+    params:
+        title=config["report"]["title"],
     shell:
         "hpcpipe summary --metrics {input:q} --output-csv {output.table:q} "
         "--output-png {output.chart:q} --title {params.title:q} --log {log:q}"

@@ -7,16 +7,18 @@ rule train:
     output:
         model="results/models/{model}/{seed}/model.pt",
         history="results/models/{model}/{seed}/history.csv",
-    params:
-        cfg=train_params,
     log:
         "logs/train/{model}/{seed}.log",
+    conda:
+        "../../envs/train.yaml"
     threads: tier_threads("train")
     resources:
         mem_mb=tier_mem("train"),
         runtime=tier_runtime("train"),
         tasks=1,
         mpi="hpcpipe launch",
+    params:
+        cfg=train_params,
     shell:
         "{resources.mpi} -n {resources.tasks} hpcpipe train --params {params.cfg:q} "
         "--features results/features --model {wildcards.model:q} --seed {wildcards.seed} "
