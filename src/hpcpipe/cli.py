@@ -34,7 +34,7 @@ def _params(text: str) -> dict[str, Any]:
 def cmd_generate(a: argparse.Namespace) -> None:
     from hpcpipe.generate import generate_dataset
     from hpcpipe.ingest import check_serves
-    from hpcpipe.store import chunk_length, write_store
+    from hpcpipe.store import chunk_length
 
     p = a.params
     ds = generate_dataset(p["builtin"], p["variables"])
@@ -49,7 +49,15 @@ def cmd_ingest(a: argparse.Namespace) -> None:
 
     ds = ingest(a.input, a.params)
     per_step = 4 * ds.sizes["lat"] * ds.sizes["lon"] * len(ds.data_vars)
-    _write(ds, a.output, {"time": chunk_length(ds.sizes["time"], per_step), "lat": ds.sizes["lat"], "lon": ds.sizes["lon"]})
+    _write(
+        ds,
+        a.output,
+        {
+            "time": chunk_length(ds.sizes["time"], per_step),
+            "lat": ds.sizes["lat"],
+            "lon": ds.sizes["lon"],
+        },
+    )
 
 
 def _write(ds: Any, path: str, chunks: dict[str, int]) -> None:
@@ -92,14 +100,18 @@ def cmd_train(a: argparse.Namespace) -> None:
     from hpcpipe.train import train
 
     p = a.params
-    summary = train(a.model, p["model"], p["train"], a.seed, a.features, a.output, a.history, threads=a.threads)
+    summary = train(
+        a.model, p["model"], p["train"], a.seed, a.features, a.output, a.history, threads=a.threads
+    )
     log.info("training done: %s", summary)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from hpcpipe.evaluate import evaluate
 
-    evaluate(a.model, a.features, a.preprocessed, a.thresholds, a.output_dir, a.params, threads=a.threads)
+    evaluate(
+        a.model, a.features, a.preprocessed, a.thresholds, a.output_dir, a.params, threads=a.threads
+    )
 
 
 def cmd_summary(a: argparse.Namespace) -> None:
@@ -119,12 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcpipe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
 
-    def step(name: str, func: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+    def step(
+        name: str, func: Callable[[argparse.Namespace], None], help: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         p.add_argument("--log", help="log file (the rule's log:)")
-        p.add_argument("--threads", type=int, default=None, help="CPUs granted (ignored inside SLURM, which says)")
-        p.add_argument("--params", type=_params, default={}, help="the step's config section, as JSON")
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="CPUs granted (ignored inside SLURM, which says)",
+        )
+        p.add_argument(
+            "--params", type=_params, default={}, help="the step's config section, as JSON"
+        )
         return p
 
     p = step("generate", cmd_generate, "generate the built-in dataset")
@@ -136,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--stats", required=True)
-    p = step("thresholds", cmd_thresholds, "per-grid-point extreme thresholds of the training period")
+    p = step(
+        "thresholds", cmd_thresholds, "per-grid-point extreme thresholds of the training period"
+    )
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p = step("features", cmd_features, "lagged inputs, derived fields and targets per split")
@@ -160,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-csv", required=True)
     p.add_argument("--output-png", required=True)
     p.add_argument("--title", default="hpcpipe forecast skill")
-    sub.add_parser("launch", help="start N local ranks of a command, like srun -n N (launch -n N CMD...)")
+    sub.add_parser(
+        "launch", help="start N local ranks of a command, like srun -n N (launch -n N CMD...)"
+    )
     p = sub.add_parser("check-config", help="validate a config file against the schema")
     p.add_argument("config")
     p.set_defaults(func=cmd_check_config, log=None, threads=None)
@@ -182,12 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     try:
         alloc = allocation(args.threads)
-        log.info("hpcpipe %s: %d CPUs, %.1f GB, %d GPUs%s", args.command, alloc.cpus, alloc.memory_gb, alloc.gpus, " (SLURM)" if alloc.in_slurm else "")
+        log.info(
+            "hpcpipe %s: %d CPUs, %.1f GB, %d GPUs%s",
+            args.command,
+            alloc.cpus,
+            alloc.memory_gb,
+            alloc.gpus,
+            " (SLURM)" if alloc.in_slurm else "",
+        )
         with dask_runtime(alloc):
             args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         log.debug("traceback", exc_info=True)
-        logging.getLogger("hpcpipe").error("%s failed: %s", args.command, exc, exc_info=_want_traceback())
+        logging.getLogger("hpcpipe").error(
+            "%s failed: %s", args.command, exc, exc_info=_want_traceback()
+        )
         print(f"hpcpipe {args.command}: error: {exc}", file=sys.stderr) if not args.log else None
         return 1
     log.info("hpcpipe %s finished in %.1f s", args.command, time.monotonic() - start)

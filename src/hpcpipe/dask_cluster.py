@@ -29,7 +29,9 @@ class DaskClusterError(RuntimeError):
 def dask_runtime(alloc: Allocation, mode: str | None = None) -> Iterator[None]:
     mode = mode or os.environ.get("HPCPIPE_DASK_MODE", "threads")
     if mode not in MODES:
-        raise DaskClusterError(f"unknown Dask mode {mode!r} (HPCPIPE_DASK_MODE); use one of {MODES}")
+        raise DaskClusterError(
+            f"unknown Dask mode {mode!r} (HPCPIPE_DASK_MODE); use one of {MODES}"
+        )
     if mode == "threads":
         log.info("dask: threaded scheduler, %d workers", alloc.cpus)
         with dask.config.set(scheduler="threads", num_workers=alloc.cpus):
@@ -51,7 +53,12 @@ def dask_runtime(alloc: Allocation, mode: str | None = None) -> Iterator[None]:
         raise DaskClusterError(f"dask mode 'local': LocalCluster did not start: {exc}") from exc
     try:
         with Client(cluster) as client:
-            log.info("dask: LocalCluster %d workers x %.1f GB, dashboard %s", alloc.cpus, per_worker / 1e9, client.dashboard_link)
+            log.info(
+                "dask: LocalCluster %d workers x %.1f GB, dashboard %s",
+                alloc.cpus,
+                per_worker / 1e9,
+                client.dashboard_link,
+            )
             yield
     finally:
         cluster.close()

@@ -76,7 +76,9 @@ def evaluate(
     pre = open_store(preprocessed_dir, "preprocessed data")
     # Thresholds are their own step (so a new quantile reruns evaluation only).
     thr = open_store(thresholds_dir, "extreme thresholds")
-    pre = pre.assign(quantile=thr["quantile"].assign_attrs(quantile=thr.attrs.get("extreme_quantile")))
+    pre = pre.assign(
+        quantile=thr["quantile"].assign_attrs(quantile=thr.attrs.get("extreme_quantile"))
+    )
     _check_meta(meta, test)
     _check_not_empty(test)
 

@@ -57,7 +57,13 @@ def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Da
     a = a.rechunk({1: -1, 2: -1, 3: -1})  # whole fields per chunk for the gradient
     parts = [a[s0 - lag : s1 - lag] for lag in lags]
     if "gradient" in derived:
-        parts.append(a[s0:s1].map_blocks(_gradients, chunks=(a[s0:s1].chunks[0], (2 * a.shape[1],), *a.chunks[2:]), dtype=np.float32))
+        parts.append(
+            a[s0:s1].map_blocks(
+                _gradients,
+                chunks=(a[s0:s1].chunks[0], (2 * a.shape[1],), *a.chunks[2:]),
+                dtype=np.float32,
+            )
+        )
     inputs = da.concatenate(parts, axis=1)
     inputs = da.where(da.isnan(inputs), np.float32(0), inputs)
     targets = da.stack([a[s0 + lead : s1 + lead] for lead in leads], axis=1)
@@ -76,7 +82,10 @@ def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Da
         coords={
             "sample": np.arange(n),
             "time": ("sample", time[s0:s1]),
-            "valid_time": (("sample", "lead"), np.stack([time[s0 + lead : s1 + lead] for lead in leads], axis=1)),
+            "valid_time": (
+                ("sample", "lead"),
+                np.stack([time[s0 + lead : s1 + lead] for lead in leads], axis=1),
+            ),
             "lead": np.asarray(leads, dtype=np.int64),
             "channel": channel_names(variables, lags, derived),
             "variable": variables,
@@ -85,8 +94,12 @@ def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Da
         },
         attrs={"split": split, "lags": list(lags), "leads": list(leads)},
     )
-    per_sample = 4 * (inputs.shape[1] + targets.shape[1] * targets.shape[2]) * a.shape[2] * a.shape[3]
-    log.info("%s: %d samples, %d channels, %.1f MB", split, n, inputs.shape[1], n * per_sample / 1e6)
+    per_sample = (
+        4 * (inputs.shape[1] + targets.shape[1] * targets.shape[2]) * a.shape[2] * a.shape[3]
+    )
+    log.info(
+        "%s: %d samples, %d channels, %.1f MB", split, n, inputs.shape[1], n * per_sample / 1e6
+    )
     return ds
 
 

@@ -34,10 +34,14 @@ def open_source(path: str | os.PathLike[str]) -> xr.Dataset:
             return xr.open_zarr(p, chunks={}, decode_times=coder, consolidated=None)
         return xr.open_dataset(p, chunks={}, decode_times=coder)
     except Exception as exc:
-        raise DatasetError(f"{p}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: {exc})") from exc
+        raise DatasetError(
+            f"{p}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
-def canonicalise(ds: xr.Dataset, variables: list[str], rename: dict[str, str], name: str) -> xr.Dataset:
+def canonicalise(
+    ds: xr.Dataset, variables: list[str], rename: dict[str, str], name: str
+) -> xr.Dataset:
     """Rename, select, reorder and normalise ``ds`` to the canonical form."""
     if not ds.data_vars:
         raise DatasetError(f"{name}: contains no data variables (an empty or truncated file?)")
@@ -74,7 +78,9 @@ def canonicalise(ds: xr.Dataset, variables: list[str], rename: dict[str, str], n
                 da = da.isel({dim: 0}, drop=True)
         lacking = [d for d in DIMS if d not in da.dims]
         if lacking:
-            raise DatasetError(f"{name}: variable {v!r} lacks dimension(s) {lacking} (has {list(da.dims)})")
+            raise DatasetError(
+                f"{name}: variable {v!r} lacks dimension(s) {lacking} (has {list(da.dims)})"
+            )
         if da.dtype.kind not in "fiu":
             raise DatasetError(f"{name}: variable {v!r} has non-numeric dtype {da.dtype}")
         out[v] = da.transpose(*DIMS).astype("float32")
@@ -114,7 +120,9 @@ def time_step(ds: xr.Dataset, name: str) -> Any:
     """The regular time step of ``ds``; a gap or irregular step is an error."""
     times = ds.indexes["time"]
     if len(times) < 2:
-        raise DatasetError(f"{name}: only {len(times)} time step(s); at least the split periods are needed")
+        raise DatasetError(
+            f"{name}: only {len(times)} time step(s); at least the split periods are needed"
+        )
     steps = np.unique(np.asarray(times[1:] - times[:-1]))
     if len(steps) != 1:
         raise DatasetError(
@@ -124,12 +132,16 @@ def time_step(ds: xr.Dataset, name: str) -> Any:
     return steps[0]
 
 
-def split_indices(ds: xr.Dataset, split: dict[str, list[str]], name: str) -> dict[str, tuple[int, int]]:
+def split_indices(
+    ds: xr.Dataset, split: dict[str, list[str]], name: str
+) -> dict[str, tuple[int, int]]:
     """[start, stop) time indices of each split period."""
     times = ds.indexes["time"]
     out = {}
     for part, (start, end) in split.items():
-        idx = np.nonzero((times >= _as_time(start, times)) & (times <= _as_time(end, times, end=True)))[0]
+        idx = np.nonzero(
+            (times >= _as_time(start, times)) & (times <= _as_time(end, times, end=True))
+        )[0]
         if idx.size == 0:
             raise DatasetError(
                 f"{name}: preprocess.split.{part} ({start}..{end}) contains no time step "
@@ -147,7 +159,9 @@ def _as_time(text: str, times: Any, end: bool = False) -> Any:
         y, m, d = (int(x) for x in text.split("-"))
         cal = times.calendar
         if end:
-            return cftime.datetime(y, m, min(d, 30 if cal == "360_day" else d), 23, 59, 59, calendar=cal)
+            return cftime.datetime(
+                y, m, min(d, 30 if cal == "360_day" else d), 23, 59, 59, calendar=cal
+            )
         return cftime.datetime(y, m, min(d, 30 if cal == "360_day" else d), calendar=cal)
     t = np.datetime64(text)
     return t + np.timedelta64(1, "D") - np.timedelta64(1, "ns") if end else t
@@ -179,6 +193,8 @@ def ingest(path: str, params: dict[str, Any]) -> xr.Dataset:
     """Open, canonicalise and check an external dataset (lazy; the CLI writes it)."""
     name = str(path)
     ds = canonicalise(open_source(path), params["variables"], params.get("rename", {}), name)
-    counts = check_serves(ds, params["variables"], params["split"], params["lags"], params["leads"], name)
+    counts = check_serves(
+        ds, params["variables"], params["split"], params["lags"], params["leads"], name
+    )
     log.info("%s: %s, samples per split %s", name, dict(ds.sizes), counts)
     return ds

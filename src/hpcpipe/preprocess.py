@@ -56,7 +56,11 @@ def _circular_smooth(a: np.ndarray, window: int) -> np.ndarray:
 def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
     """Mean per period of ``x`` (time, ...), smoothed circularly for day of year."""
     idx, n = period_index(x["time"], kind)
-    data = x.data if isinstance(x.data, da.Array) else da.from_array(x.data, chunks=(len(idx),) + x.shape[1:])
+    data = (
+        x.data
+        if isinstance(x.data, da.Array)
+        else da.from_array(x.data, chunks=(len(idx),) + x.shape[1:])
+    )
     idx_d = da.from_array(idx, chunks=(data.chunks[0],))
     parts = [
         dask.delayed(_period_sums)(blk, i, n)
@@ -81,15 +85,21 @@ def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
             clim[p] = clim[q]
     coords = {k: v for k, v in x.coords.items() if "time" not in v.dims}
     out = xr.DataArray(clim.astype(np.float32), dims=("period", *x.dims[1:]), coords=coords)
-    return out.assign_coords(period=xr.DataArray(np.arange(1, n + 1), dims="period", attrs={"kind": kind}))
+    return out.assign_coords(
+        period=xr.DataArray(np.arange(1, n + 1), dims="period", attrs={"kind": kind})
+    )
 
 
-def _normalised_anomaly(x: np.ndarray, idx: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def _normalised_anomaly(
+    x: np.ndarray, idx: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
     shape = (1, -1) + (1,) * (x.ndim - 2)
     return ((x - clim[idx] - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
 
 
-def anomalies(x: xr.DataArray, clim: xr.DataArray, mean: np.ndarray, std: np.ndarray) -> xr.DataArray:
+def anomalies(
+    x: xr.DataArray, clim: xr.DataArray, mean: np.ndarray, std: np.ndarray
+) -> xr.DataArray:
     """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph)."""
     idx, _ = period_index(x["time"], clim["period"].attrs["kind"])
     data = x.data if isinstance(x.data, da.Array) else da.from_array(x.data)
@@ -122,16 +132,26 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     t0, t1 = bounds["train"]
     train = x.isel(time=slice(t0, t1))
     kind = params["climatology"]
-    log.info("climatology (%s, window %d) over %d training steps", kind, params["climatology_window"], t1 - t0)
+    log.info(
+        "climatology (%s, window %d) over %d training steps",
+        kind,
+        params["climatology_window"],
+        t1 - t0,
+    )
     clim = climatology(train, kind, params["climatology_window"])
 
     zero, one = np.zeros(len(variables)), np.ones(len(variables))
     raw_anom = anomalies(train, clim, zero, one).data
-    mean, sq = dask.compute(da.nanmean(raw_anom, axis=(0, 2, 3)), da.nanmean(raw_anom.astype(np.float64) ** 2, axis=(0, 2, 3)))
+    mean, sq = dask.compute(
+        da.nanmean(raw_anom, axis=(0, 2, 3)),
+        da.nanmean(raw_anom.astype(np.float64) ** 2, axis=(0, 2, 3)),
+    )
     std = np.sqrt(np.maximum(sq - mean**2, 0.0))
     bad = [v for v, s in zip(variables, std, strict=True) if not np.isfinite(s) or s == 0]
     if bad:
-        raise ValueError(f"variable(s) {bad} have no variability in the training period; cannot normalise")
+        raise ValueError(
+            f"variable(s) {bad} have no variability in the training period; cannot normalise"
+        )
     anom = anomalies(x, clim, mean, std)
 
     labels = np.full(x.sizes["time"], "", dtype="<U5")
@@ -150,7 +170,10 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     out["climatology"].attrs = {"long_name": f"{kind} climatology of the training period"}
     units = {v: raw[v].attrs.get("units", "") for v in variables}
     stats = {
-        "variables": {v: {"mean": float(m), "std": float(s), "units": units[v]} for v, m, s in zip(variables, mean, std, strict=True)},
+        "variables": {
+            v: {"mean": float(m), "std": float(s), "units": units[v]}
+            for v, m, s in zip(variables, mean, std, strict=True)
+        },
         "counts": {part: i1 - i0 for part, (i0, i1) in bounds.items()},
         "climatology": kind,
         "grid": [int(x.sizes["lat"]), int(x.sizes["lon"])],

@@ -56,7 +56,9 @@ def allocation(threads: int | None = None) -> Allocation:
     in_slurm = "SLURM_JOB_ID" in os.environ
     cpus = _int_env("SLURM_CPUS_PER_TASK") if in_slurm else None
     if cpus is None:
-        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        affinity = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        )
         cpus = min(threads, affinity or 1) if threads else (affinity or 1)
     mem = None
     if in_slurm:

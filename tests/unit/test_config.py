@@ -37,11 +37,23 @@ def test_every_schema_key_has_description_and_default():
     [
         (lambda c: c["train"].update(epochs=-1), "train.epochs: -1 is less than the minimum of 1"),
         (lambda c: c["train"].update(epoch=3), "'epoch' was unexpected"),
-        (lambda c: c["features"].update(leads=["a"]), "features.leads[0]: 'a' is not of type 'integer'"),
+        (
+            lambda c: c["features"].update(leads=["a"]),
+            "features.leads[0]: 'a' is not of type 'integer'",
+        ),
         (lambda c: c["train"].update(models=["mlp"]), "train.models[0]: 'mlp' is not one of"),
-        (lambda c: c["evaluate"].update(headline_lead=9), "evaluate.headline_lead: 9 is not one of features.leads"),
-        (lambda c: c["preprocess"]["split"].update(val=["2001-06-01", "2002-06-30"]), "periods train and val overlap"),
-        (lambda c: c["preprocess"]["split"].update(test=["2002-07-01", "2009-12-31"]), "outside the built-in data"),
+        (
+            lambda c: c["evaluate"].update(headline_lead=9),
+            "evaluate.headline_lead: 9 is not one of features.leads",
+        ),
+        (
+            lambda c: c["preprocess"]["split"].update(val=["2001-06-01", "2002-06-30"]),
+            "periods train and val overlap",
+        ),
+        (
+            lambda c: c["preprocess"]["split"].update(test=["2002-07-01", "2009-12-31"]),
+            "outside the built-in data",
+        ),
         (lambda c: c["dataset"].update(source="file"), "ingest.path: required"),
         (lambda c: c["dataset"].update(variables=["sst"]), "not in the built-in dataset"),
         (lambda c: c["dataset"]["builtin"].update(n_lat=30), "models.unet.depth"),

@@ -10,7 +10,13 @@ FEAT = {"lags": [0, 2], "leads": [1, 3], "derived": ["gradient"]}
 
 
 def pre_for(raw: xr.Dataset, split: dict) -> xr.Dataset:
-    p = {"variables": ["t2m", "z500"], "coarsen": 1, "climatology": "month", "climatology_window": 1, "split": split}
+    p = {
+        "variables": ["t2m", "z500"],
+        "coarsen": 1,
+        "climatology": "month",
+        "climatology_window": 1,
+        "split": split,
+    }
     return preprocess(raw, p)[0].load()
 
 
@@ -25,12 +31,18 @@ def test_samples_are_lagged_and_led_slices(raw: xr.Dataset, split: dict):
     assert ds.sizes["sample"] == n_val - 3
     assert list(ds["channel"].values) == channel_names(["t2m", "z500"], [0, 2], ["gradient"])
     k = 5
-    np.testing.assert_array_equal(ds["inputs"].values[k, 2], a.values[t_first + k - 2, 0])  # t2m_lag2
-    np.testing.assert_array_equal(ds["targets"].values[k, 1, 1], a.values[t_first + k + 3, 1])  # z500 lead 3
+    np.testing.assert_array_equal(
+        ds["inputs"].values[k, 2], a.values[t_first + k - 2, 0]
+    )  # t2m_lag2
+    np.testing.assert_array_equal(
+        ds["targets"].values[k, 1, 1], a.values[t_first + k + 3, 1]
+    )  # z500 lead 3
     assert ds["valid_time"].values[k, 1] == pre["time"].values[t_first + k + 3]
     # d/dx is a periodic centred difference
     x = a.values[t_first + k, 0]
-    np.testing.assert_allclose(ds["inputs"].values[k, 4], 0.5 * (np.roll(x, -1, -1) - np.roll(x, 1, -1)), rtol=1e-6)
+    np.testing.assert_allclose(
+        ds["inputs"].values[k, 4], 0.5 * (np.roll(x, -1, -1) - np.roll(x, 1, -1)), rtol=1e-6
+    )
 
 
 def test_train_samples_start_after_the_largest_lag(raw: xr.Dataset, split: dict):

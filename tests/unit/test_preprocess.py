@@ -9,7 +9,14 @@ from hpcpipe.preprocess import preprocess, thresholds
 
 
 def params(split: dict, **kw) -> dict:
-    return {"variables": ["t2m", "z500"], "coarsen": 1, "climatology": "month", "climatology_window": 1, "split": split, **kw}
+    return {
+        "variables": ["t2m", "z500"],
+        "coarsen": 1,
+        "climatology": "month",
+        "climatology_window": 1,
+        "split": split,
+        **kw,
+    }
 
 
 def reference(raw: xr.Dataset, split: dict, coarsen: int = 1) -> xr.DataArray:
@@ -29,7 +36,11 @@ def reference(raw: xr.Dataset, split: dict, coarsen: int = 1) -> xr.DataArray:
 def test_matches_in_memory_xarray(raw: xr.Dataset, split: dict):
     out, stats = preprocess(raw.chunk(time=100), params(split))
     ref = reference(raw, split)
-    xr.testing.assert_allclose(out["anomaly"].drop_vars("split").load().astype("float64"), ref.astype("float64").transpose(*out["anomaly"].dims), atol=1e-4)
+    xr.testing.assert_allclose(
+        out["anomaly"].drop_vars("split").load().astype("float64"),
+        ref.astype("float64").transpose(*out["anomaly"].dims),
+        atol=1e-4,
+    )
     assert list(out["split"].values[:2]) == ["train", "train"] and stats["counts"]["val"] == 90
     assert abs(stats["variables"]["z500"]["std"] - float(out["std"][1])) < 1e-9
 
@@ -42,7 +53,11 @@ def test_coarsen_and_masked_points(split: dict):
     # a 2x2 block that is fully masked stays masked; the rest has values
     assert np.isnan(out["anomaly"].sel(variable="t2m").values[:, 0, 0]).all()
     assert np.isfinite(out["anomaly"].sel(variable="t2m").values[:, 1:, 1:]).all()
-    xr.testing.assert_allclose(out["anomaly"].drop_vars("split").load(), reference(raw, split, coarsen=2).transpose(*out["anomaly"].dims).astype("float32"), atol=1e-4)
+    xr.testing.assert_allclose(
+        out["anomaly"].drop_vars("split").load(),
+        reference(raw, split, coarsen=2).transpose(*out["anomaly"].dims).astype("float32"),
+        atol=1e-4,
+    )
 
 
 def test_independent_of_chunking_and_scheduler(raw: xr.Dataset, split: dict):
@@ -64,4 +79,6 @@ def test_thresholds_are_training_quantiles(raw: xr.Dataset, split: dict):
     out, _ = preprocess(raw, params(split))
     q = thresholds(out, {"extreme_quantile": 0.9})["quantile"].load()
     train = out["anomaly"].sel(time=slice(*split["train"])).load()
-    xr.testing.assert_allclose(q, train.quantile(0.9, dim="time").drop_vars("quantile").astype("float32"), rtol=1e-5)
+    xr.testing.assert_allclose(
+        q, train.quantile(0.9, dim="time").drop_vars("quantile").astype("float32"), rtol=1e-5
+    )

@@ -43,12 +43,16 @@ def make_workdir(dest: Path, overrides: dict | None = None) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 600, check: bool = True
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         ["snakemake", *args], cwd=workdir, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

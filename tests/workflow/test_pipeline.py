@@ -44,13 +44,24 @@ def test_report_is_built(pipeline_run: Path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"evaluate": {"extreme_quantile": 0.8}}, {"thresholds": 1, "evaluate": 2, "summary": 1, "all": 1}),
-        ({"models": {"unet": {"channels": 4}}}, {"train": 1, "evaluate": 1, "summary": 1, "all": 1}),
+        (
+            {"evaluate": {"extreme_quantile": 0.8}},
+            {"thresholds": 1, "evaluate": 2, "summary": 1, "all": 1},
+        ),
+        (
+            {"models": {"unet": {"channels": 4}}},
+            {"train": 1, "evaluate": 1, "summary": 1, "all": 1},
+        ),
         ({"report": {"title": "x"}}, {"summary": 1, "all": 1}),
-        ({"features": {"lags": [0, 2]}}, {"features": 1, "train": 2, "evaluate": 2, "summary": 1, "all": 1}),
+        (
+            {"features": {"lags": [0, 2]}},
+            {"features": 1, "train": 2, "evaluate": 2, "summary": 1, "all": 1},
+        ),
     ],
 )
-def test_a_changed_setting_reruns_only_what_depends_on_it(pipeline_run: Path, override: dict, expected: dict):
+def test_a_changed_setting_reruns_only_what_depends_on_it(
+    pipeline_run: Path, override: dict, expected: dict
+):
     args = ["--config", *(f"{k}={json.dumps(v)}" for k, v in override.items())]
     assert planned_jobs(pipeline_run, *args) == expected
 

@@ -1,0 +1,263 @@
+"""Forecast models on a lat-lon grid, their checkpoints and batched prediction.
+
+Both models map ``(N, C_in, lat, lon) -> (N, C_out, lat, lon)`` where the output channels are
+the targets flattened lead-major, ``(lead, variable)``. Convolutions wrap around in longitude
+(the globe is periodic there) and see zeros beyond the poles: the inputs are normalised
+anomalies, so zero is the neutral value, and the convolution pads it without an extra copy.
+
+Both models have a *residual output*: a linear 1x1 path from the inputs plus a non-linear
+body whose last layer starts at zero. A fresh model is therefore a per-point linear predictor
+(which already reaches persistence, and with the gradient channels first-order advection);
+training only has to learn the correction, which keeps the number of epochs small.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODELS = ("cnn", "unet")
+CHECKPOINT_KEYS = (
+    "model",
+    "model_config",
+    "state_dict",
+    "in_channels",
+    "variables",
+    "leads",
+    "grid",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A model checkpoint is missing, unreadable or incomplete; the message names the file."""
+
+
+class _LonCircularPad(torch.autograd.Function):
+    """Circular padding of the last dimension with a lean backward.
+
+    ``F.pad(mode="circular")`` backpropagates through zero-filled slices (fill + copies), about
+    a tenth of a CPU training step here; this backward is one copy and two small adds.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, pad: int) -> torch.Tensor:
+        ctx.pad = pad
+        return torch.cat([x[..., -pad:], x, x[..., :pad]], dim=-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        p = ctx.pad
+        gx = grad[..., p:-p].clone()
+        gx[..., :p] += grad[..., -p:]
+        gx[..., -p:] += grad[..., :p]
+        return gx, None
+
+
+class PeriodicConv2d(nn.Module):
+    """A same-size 2-D convolution, circular in longitude (last dim), zero-padded in latitude."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd to keep the grid size, got {kernel_size}")
+        self.pad = kernel_size // 2
+        # The convolution pads latitude itself (zeros); longitude wraps via _LonCircularPad.
+        # Zeros rather than replicate: replicate padding has no deterministic CUDA backward.
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=(self.pad, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = _LonCircularPad.apply(x, self.pad)
+        return self.conv(x)
+
+
+class _Residual(nn.Module):
+    """Base: ``skip(x) + body(x)``; ``output_shape`` = (leads, variables) for :func:`predict`."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.skip = nn.Conv2d(in_channels, out_channels, 1)
+        # (leads, variables) of the flat output channels; load_model/train set the real values.
+        self.output_shape: tuple[int, int] = (1, out_channels)
+
+    @staticmethod
+    def _zero(layer: nn.Module) -> None:
+        # The body starts as exactly zero, so the model starts as the linear skip path.
+        conv = layer.conv if isinstance(layer, PeriodicConv2d) else layer
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+
+
+class CNN(_Residual):
+    """``layers`` same-resolution convolutions with ``channels`` hidden channels and GELU."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: int = 32,
+        layers: int = 4,
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__(in_channels, out_channels)
+        widths = [in_channels] + [channels] * (layers - 1) + [out_channels]
+        body: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(itertools.pairwise(widths)):
+            body.append(PeriodicConv2d(cin, cout, kernel_size))
+            if i < layers - 1:
+                body.append(nn.GELU())
+        self._zero(body[-1])
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class _Block(nn.Sequential):
+    """A periodic 3x3 convolution with GELU: the unit of every U-Net level.
+
+    One convolution per level, not the classic two: on CPU it halves the cost and, with the
+    few epochs a pipeline run affords, the shallower net also reached a lower validation loss.
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(PeriodicConv2d(cin, cout), nn.GELU())
+
+
+class UNet(_Residual):
+    """U-Net: ``depth`` average-pool/transposed-conv levels, channels doubling, skip concatenation."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, channels: int = 16, depth: int = 2
+    ) -> None:
+        super().__init__(in_channels, out_channels)
+        width = [channels * 2**i for i in range(depth + 1)]
+        self.inc = _Block(in_channels, width[0])
+        self.down = nn.ModuleList(_Block(width[i], width[i + 1]) for i in range(depth))
+        # Transposed 2x2/stride-2 convolutions rather than interpolation: deterministic on GPU.
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(width[i + 1], width[i], 2, stride=2) for i in reversed(range(depth))
+        )
+        self.dec = nn.ModuleList(_Block(2 * width[i], width[i]) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(width[0], out_channels, 1)
+        self._zero(self.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inc(x)
+        skips = [h]
+        for block in self.down:
+            h = block(F.avg_pool2d(h, 2))
+            skips.append(h)
+        skips.pop()  # the bottleneck is h itself
+        for up, block in zip(self.up, self.dec, strict=True):
+            h = block(torch.cat([up(h), skips.pop()], dim=1))
+        return self.skip(x) + self.head(h)
+
+
+def build_model(
+    name: str, cfg: dict[str, Any], in_channels: int, out_channels: int, grid: tuple[int, int]
+) -> nn.Module:
+    """The model ``name`` ("cnn" | "unet") with hyper-parameters ``cfg`` (config ``models.<name>``)."""
+    n_lat, n_lon = (int(g) for g in grid)
+    if name == "cnn":
+        return CNN(
+            in_channels,
+            out_channels,
+            channels=int(cfg.get("channels", 32)),
+            layers=int(cfg.get("layers", 4)),
+            kernel_size=int(cfg.get("kernel_size", 3)),
+        )
+    if name == "unet":
+        depth = int(cfg.get("depth", 2))
+        factor = 2**depth
+        if n_lat % factor or n_lon % factor:
+            raise ValueError(
+                f"models.unet.depth={depth} needs a grid divisible by 2**{depth}={factor}, "
+                f"but the grid is {n_lat} x {n_lon} (lat x lon); lower models.unet.depth "
+                "or change the grid (dataset.builtin.n_lat/n_lon, preprocess.coarsen)"
+            )
+        return UNet(in_channels, out_channels, channels=int(cfg.get("channels", 16)), depth=depth)
+    raise ValueError(f"unknown model {name!r}; choose one of {list(MODELS)} (train.models)")
+
+
+def checkpoint(
+    model: nn.Module,
+    name: str,
+    model_cfg: dict[str, Any],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """The checkpoint dict of docs/data-contracts.md; ``meta`` adds in_channels, variables, ..."""
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return {"model": name, "model_config": dict(model_cfg), "state_dict": state, **meta}
+
+
+def load_model(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved at ``path``; returns it in eval mode and the checkpoint metadata."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model checkpoint not found: {p}")
+    try:
+        # weights_only: a checkpoint holds tensors and plain containers, never code to run.
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle/zip errors come in many types
+        raise CheckpointError(
+            f"cannot read model checkpoint {p}: {type(exc).__name__}: {exc}"
+        ) from exc
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"model checkpoint {p} lacks {missing}; was it written by hpcpipe train?"
+        )
+    leads, variables = list(ckpt["leads"]), list(ckpt["variables"])
+    try:
+        model = build_model(
+            ckpt["model"],
+            ckpt["model_config"],
+            int(ckpt["in_channels"]),
+            len(leads) * len(variables),
+            tuple(ckpt["grid"]),
+        )
+        model.load_state_dict(ckpt["state_dict"])
+    except (ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"model checkpoint {p} does not match its model: {exc}") from exc
+    model.output_shape = (len(leads), len(variables))
+    model.to(map_location).eval()
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return model, meta
+
+
+def predict(
+    model: nn.Module, inputs: np.ndarray, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Forecasts ``(N, lead, variable, lat, lon)`` float32 for ``inputs`` ``(N, C, lat, lon)``.
+
+    The flat output channels are split lead-major with ``model.output_shape`` (set by
+    :func:`load_model` and by training); a model without it gets one lead.
+    """
+    x = np.asarray(inputs, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"inputs must be (sample, channel, lat, lon), got shape {x.shape}")
+    leads = int(getattr(model, "output_shape", (1, -1))[0])
+    n, _, n_lat, n_lon = x.shape
+    step = max(1, int(batch_size))
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, n, step):
+            xb = torch.from_numpy(x[start : start + step]).to(device)
+            xb = xb.contiguous(memory_format=torch.channels_last)  # the faster layout on CPU
+            parts.append(model(xb).float().cpu().numpy())
+    if not parts:
+        out_channels = model.skip.out_channels if isinstance(model, _Residual) else leads
+        return np.empty((0, leads, out_channels // leads, n_lat, n_lon), dtype=np.float32)
+    out = np.concatenate(parts)
+    return np.ascontiguousarray(out.reshape(n, leads, -1, n_lat, n_lon), dtype=np.float32)

@@ -1,0 +1,247 @@
+"""Training on a small synthetic feature store (docs/data-contracts.md): it learns, it is
+reproducible, it stops early, and its outputs follow the checkpoint contract."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import xarray as xr
+
+from hpcpipe import train as train_module
+from hpcpipe.atomic import stale_temporaries
+from hpcpipe.models import load_model, predict
+from hpcpipe.train import HISTORY_COLUMNS, train
+
+VARIABLES = ["t2m", "z500"]
+LAGS, LEADS = [0, 1], [1, 2]
+GRID = (8, 16)
+CNN = {"channels": 12, "layers": 3, "kernel_size": 3}
+TRAIN_CFG = {
+    "epochs": 12,
+    "batch_size": 16,
+    "lr": 0.005,
+    "weight_decay": 0.0,
+    "lr_schedule": "cosine",
+    "patience": 12,
+    "deterministic": True,
+}
+
+
+def _split_store(
+    a: np.ndarray, time: np.ndarray, mask: np.ndarray, i0: int, i1: int, split: str
+) -> xr.Dataset:
+    """The features of time steps [i0, i1) exactly as the features step writes them."""
+    s0, s1 = i0 + max(LAGS), i1 - max(LEADS)
+    parts = [a[s0 - lag : s1 - lag] for lag in LAGS]
+    lag0 = a[s0:s1]
+    ddx = 0.5 * (np.roll(lag0, -1, axis=-1) - np.roll(lag0, 1, axis=-1))
+    ddy = np.gradient(lag0, axis=-2)
+    inputs = np.nan_to_num(np.concatenate([*parts, ddx, ddy], axis=1)).astype(np.float32)
+    targets = np.nan_to_num(np.stack([a[s0 + lead : s1 + lead] for lead in LEADS], axis=1))
+    channels = [f"{v}_lag{lag}" for lag in LAGS for v in VARIABLES]
+    channels += [f"{v}_ddx" for v in VARIABLES] + [f"{v}_ddy" for v in VARIABLES]
+    n = s1 - s0
+    return xr.Dataset(
+        {
+            "inputs": (("sample", "channel", "lat", "lon"), inputs),
+            "targets": (("sample", "lead", "variable", "lat", "lon"), targets.astype(np.float32)),
+            "mask": (("variable", "lat", "lon"), mask),
+        },
+        coords={
+            "sample": np.arange(n),
+            "time": ("sample", time[s0:s1]),
+            "valid_time": (
+                ("sample", "lead"),
+                np.stack([time[s0 + ld : s1 + ld] for ld in LEADS], 1),
+            ),
+            "lead": np.asarray(LEADS, dtype=np.int64),
+            "channel": channels,
+            "variable": VARIABLES,
+            "lat": np.linspace(-78.75, 78.75, GRID[0]),
+            "lon": np.arange(GRID[1]) * 360.0 / GRID[1],
+        },
+        attrs={"split": split, "lags": LAGS, "leads": LEADS},
+    )
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """t2m moves one cell east per step, z500 one cell west; white-noise innovations.
+
+    Persistence is poor (a one-cell shift of a rough field decorrelates it), while a
+    3x3 convolution can learn the shift exactly, so a model must clearly beat persistence.
+    """
+    rng = np.random.default_rng(0)
+    n_time = 160
+    a = np.zeros((n_time, len(VARIABLES), *GRID))
+    field = rng.standard_normal((len(VARIABLES), *GRID))
+    for t in range(n_time):
+        field[0] = np.roll(field[0], 1, axis=-1)
+        field[1] = np.roll(field[1], -1, axis=-1)
+        field = 0.95 * field + 0.3 * rng.standard_normal(field.shape)
+        a[t] = field
+    a = (a / a.std()).astype(np.float32)
+    mask = np.ones((len(VARIABLES), *GRID), dtype=bool)
+    mask[0, 2:4, 5:9] = False  # "land" for the sea-like variable: NaN in the anomalies
+    a = np.where(mask, a, np.nan).astype(np.float32)
+    time = np.datetime64("2000-01-01", "ns") + np.arange(n_time) * np.timedelta64(1, "D")
+    root = tmp_path_factory.mktemp("features")
+    for split, (i0, i1) in {"train": (0, 110), "val": (110, 160)}.items():
+        ds = _split_store(a, time, mask, i0, i1, split)
+        # Chunked along sample only, as the contract says (two chunks in train).
+        ds.chunk({"sample": 64}).to_zarr(root / f"{split}.zarr", zarr_format=2, consolidated=True)
+    return root
+
+
+def _persistence_mse(features: Path) -> float:
+    ds = xr.open_zarr(features / "val.zarr")
+    x, y, m = ds["inputs"].values, ds["targets"].values, ds["mask"].values
+    lag0 = x[:, [list(ds["channel"].values).index(f"{v}_lag0") for v in VARIABLES]]
+    return float(((lag0[:, None] - y) ** 2 * m).sum() / (m.sum() * len(LEADS) * len(x)))
+
+
+def _run(features: Path, out: Path, name: str = "cnn", model_cfg: dict = CNN, **overrides) -> dict:
+    cfg = TRAIN_CFG | overrides
+    return train(
+        name, model_cfg, cfg, 0, features, out / "model.pt", out / "history.csv", threads=1
+    )
+
+
+def _history(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(features: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cnn")
+    return out, _run(features, out)
+
+
+def test_learns_advection(features: Path, trained: tuple[Path, dict]) -> None:
+    _, summary = trained
+    baseline = _persistence_mse(features)
+    assert summary["best_val_loss"] < 0.3 * baseline, (summary, baseline)
+    assert summary["epochs_run"] == TRAIN_CFG["epochs"] and not summary["stopped_early"]
+
+
+def test_outputs_follow_the_contract(features: Path, trained: tuple[Path, dict]) -> None:
+    out, summary = trained
+    rows = _history(out / "history.csv")
+    assert tuple(rows[0]) == HISTORY_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == list(range(1, TRAIN_CFG["epochs"] + 1))
+    val = [float(r["val_loss"]) for r in rows]
+    assert min(val) == pytest.approx(summary["best_val_loss"])
+    assert int(np.argmin(val)) + 1 == summary["best_epoch"]
+    assert float(rows[0]["lr"]) == pytest.approx(TRAIN_CFG["lr"])
+    assert float(rows[-1]["lr"]) < 0.1 * TRAIN_CFG["lr"]  # cosine anneals towards zero
+    assert val[-1] < 0.5 * val[0]
+
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["model"] == "cnn" and ckpt["model_config"] == CNN
+    assert ckpt["in_channels"] == 8 and ckpt["grid"] == list(GRID)
+    assert ckpt["variables"] == VARIABLES and ckpt["leads"] == LEADS
+    assert ckpt["channels"][:2] == ["t2m_lag0", "z500_lag0"]
+    assert ckpt["epoch"] == summary["best_epoch"]
+    assert ckpt["val_loss"] == pytest.approx(summary["best_val_loss"])
+    assert ckpt["train_config"] == TRAIN_CFG and ckpt["seed"] == 0
+    assert stale_temporaries(out) == []
+
+
+def test_load_model_predict_round_trip(features: Path, trained: tuple[Path, dict]) -> None:
+    """predict() of the saved model reproduces the best validation loss: same weights, same
+    lead-major channel order, same masked MSE."""
+    out, summary = trained
+    model, meta = load_model(out / "model.pt")
+    assert meta["epoch"] == summary["best_epoch"]
+    val = xr.open_zarr(features / "val.zarr")
+    pred = predict(model, val["inputs"].values, batch_size=7)
+    y, m = val["targets"].values, val["mask"].values
+    assert pred.shape == y.shape and pred.dtype == np.float32
+    mse = float(((pred - y) ** 2 * m).sum() / (m.sum() * len(LEADS) * len(y)))
+    assert mse == pytest.approx(summary["best_val_loss"], rel=1e-4)
+
+
+def test_same_seed_is_bitwise_identical(features: Path, tmp_path: Path) -> None:
+    runs = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        _run(features, out, epochs=3)
+        runs.append(
+            (torch.load(out / "model.pt", weights_only=True), _history(out / "history.csv"))
+        )
+    (a, ha), (b, hb) = runs
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for col in ("train_loss", "val_loss", "lr"):
+        assert [r[col] for r in ha] == [r[col] for r in hb]  # repr() of floats: exact
+
+
+def test_early_stopping(features: Path, tmp_path: Path) -> None:
+    # A learning rate too small to improve anything: validation loss stalls from epoch 1.
+    summary = _run(features, tmp_path, epochs=30, lr=1e-9, lr_schedule="constant", patience=3)
+    assert summary["stopped_early"] and summary["epochs_run"] == 4
+    assert summary["best_epoch"] == 1
+    assert len(_history(tmp_path / "history.csv")) == 4
+
+
+def test_unet_plateau_and_chunked_reading(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The U-Net trains too, and so does the out-of-core path (features read chunk by chunk)."""
+    monkeypatch.setattr(train_module, "IN_MEMORY_SHARE", 0.0)
+    summary = _run(
+        features, tmp_path, "unet", {"channels": 8, "depth": 2}, epochs=6, lr_schedule="plateau"
+    )
+    assert summary["epochs_run"] == 6
+    assert summary["best_val_loss"] < 0.6 * _persistence_mse(features)
+
+
+def test_bad_schedule(features: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"train\.lr_schedule"):
+        _run(features, tmp_path, lr_schedule="linear")
+    assert not (tmp_path / "model.pt").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ddp_rank(rank: int, world: int, port: int, features: str, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    # Only rank 0 writes; the other rank gets paths that must stay unwritten.
+    target = Path(out) if rank == 0 else Path(out) / "not-rank0"
+    summary = _run(Path(features), target, epochs=3)
+    (Path(out) / f"summary{rank}.txt").write_text(repr(summary["best_val_loss"]))
+
+
+def test_ddp_two_ranks_match_one_process(features: Path, tmp_path: Path) -> None:
+    """World 2 with the same global batch gives (up to rounding) the single-process run."""
+    single = _run(features, tmp_path / "single", epochs=3)
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    mp.spawn(_ddp_rank, args=(2, _free_port(), str(features), str(ddp)), nprocs=2, join=True)
+    assert (ddp / "model.pt").exists() and not (ddp / "not-rank0").exists()
+    losses = {float((ddp / f"summary{r}.txt").read_text()) for r in range(2)}
+    assert len(losses) == 1  # all-reduced: every rank saw the same validation loss
+    assert losses.pop() == pytest.approx(single["best_val_loss"], rel=1e-3)
+    history = [float(r["train_loss"]) for r in _history(ddp / "history.csv")]
+    reference = [float(r["train_loss"]) for r in _history(tmp_path / "single" / "history.csv")]
+    np.testing.assert_allclose(history, reference, rtol=1e-3)
