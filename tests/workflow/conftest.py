@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOW_FILES = ("Snakefile", "config", "workflow", "profiles")
+WORKFLOW_FILES = ("Snakefile", "config", "workflow", "profiles", "envs")
 
 TINY = {
     "dataset": {"builtin": {"n_days": 500, "n_lat": 16, "n_lon": 32}},
