@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,18 +107,27 @@ def _cross_key_problems(c: dict) -> Iterator[str]:
                 problems.append(f"preprocess.split.{name}: end {end} is before start {start}")
             periods[name] = (a, b)
     names = sorted(periods, key=lambda n: periods[n][0])
-    for x, y in zip(names, names[1:], strict=False):
+    for x, y in itertools.pairwise(names):
         if periods[y][0] <= periods[x][1]:
             problems.append(f"preprocess.split: periods {x} and {y} overlap")
     if ds["source"] == "builtin" and periods:
         b = ds["builtin"]
         first = dt.date.fromisoformat(b["start"])
         last = first + dt.timedelta(days=b["n_days"] - 1)
+        lags, leads = c["features"]["lags"], c["features"]["leads"]
         for name, (a, e) in periods.items():
             if a < first or e > last:
                 problems.append(
                     f"preprocess.split.{name}: {a}..{e} is outside the built-in data "
                     f"({first}..{last}, dataset.builtin.start and n_days)"
+                )
+                continue
+            # Same rule as features.sample_range: lags may reach before the period, targets not.
+            i0, i1 = (a - first).days, (e - first).days + 1
+            if i1 - max(leads) <= max(i0, max(lags)):
+                problems.append(
+                    f"preprocess.split.{name}: {i1 - i0} days are too few for features.lags "
+                    f"{lags} and features.leads {leads}"
                 )
     if c["evaluate"]["headline_lead"] not in c["features"]["leads"]:
         problems.append(

@@ -198,3 +198,23 @@ def ingest(path: str, params: dict[str, Any]) -> xr.Dataset:
     )
     log.info("%s: %s, samples per split %s", name, dict(ds.sizes), counts)
     return ds
+
+
+def check_config_against_file(config: dict) -> dict[str, int]:
+    """Before any job runs: can the configured file serve the split, lags and leads?
+
+    Reads metadata and the first time steps only, so it is cheap even for large stores.
+    """
+    path = config["ingest"]["path"]
+    ds = canonicalise(
+        open_source(path), config["dataset"]["variables"], config["ingest"]["rename"], str(path)
+    )
+    f = config["features"]
+    return check_serves(
+        ds,
+        config["dataset"]["variables"],
+        config["preprocess"]["split"],
+        f["lags"],
+        f["leads"],
+        str(path),
+    )

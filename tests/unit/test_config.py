@@ -55,6 +55,7 @@ def test_every_schema_key_has_description_and_default():
             "outside the built-in data",
         ),
         (lambda c: c["dataset"].update(source="file"), "ingest.path: required"),
+        (lambda c: c["features"].update(leads=[200]), "too few for features.lags"),
         (lambda c: c["dataset"].update(variables=["sst"]), "not in the built-in dataset"),
         (lambda c: c["dataset"]["builtin"].update(n_lat=30), "models.unet.depth"),
         (lambda c: c["dataset"]["builtin"].update(start="2000-13-01"), "dataset.builtin.start"),

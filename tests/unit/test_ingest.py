@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_raw
+from testdata import make_raw
 
 from hpcpipe.ingest import DatasetError, ingest
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dask
 import numpy as np
 import xarray as xr
-from conftest import make_raw
+from testdata import make_raw
 
 from hpcpipe.preprocess import preprocess, thresholds
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_workdir, planned_jobs, snakemake
+import yaml
+from workdir import make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -62,8 +63,12 @@ def test_report_is_built(pipeline_run: Path):
 def test_a_changed_setting_reruns_only_what_depends_on_it(
     pipeline_run: Path, override: dict, expected: dict
 ):
-    args = ["--config", *(f"{k}={json.dumps(v)}" for k, v in override.items())]
-    assert planned_jobs(pipeline_run, *args) == expected
+    # A config overlay, the way users change a setting (--config turns nested values into strings).
+    overlay = pipeline_run / f"overlay-{abs(hash(json.dumps(override, sort_keys=True)))}.yaml"
+    overlay.write_text(yaml.safe_dump(override))
+    assert (
+        planned_jobs(pipeline_run, "--configfile", "config/config.yaml", str(overlay)) == expected
+    )
 
 
 def test_bad_config_stops_before_any_job(tmp_path: Path):
@@ -72,3 +77,28 @@ def test_bad_config_stops_before_any_job(tmp_path: Path):
     assert proc.returncode != 0
     assert "train.epochs: -1 is less than the minimum of 1" in proc.stderr + proc.stdout
     assert not (wd / "data").exists() and not (wd / "results").exists()
+
+
+def test_a_dataset_that_cannot_serve_stops_before_any_job(tmp_path: Path):
+    from testdata import make_raw
+
+    src = tmp_path / "mine.nc"
+    make_raw().drop_vars("z500").to_netcdf(src)
+    wd = make_workdir(
+        tmp_path / "wd",
+        {
+            "dataset": {"source": "file"},
+            "ingest": {"path": str(src)},
+            "preprocess": {
+                "split": {
+                    "train": ["2000-01-01", "2000-12-31"],
+                    "val": ["2001-01-01", "2001-03-31"],
+                    "test": ["2001-04-01", "2001-06-30"],
+                }
+            },
+        },
+    )
+    proc = snakemake(wd, check=False)
+    assert proc.returncode != 0
+    assert f"{src}: variable(s) ['z500'] not found" in proc.stderr + proc.stdout
+    assert not (wd / "data").exists()

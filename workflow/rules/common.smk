@@ -1,10 +1,13 @@
 # Shared helpers: config validation, the params each step depends on, resource tiers.
 from hpcpipe.config import ConfigError, as_json, validate
+from hpcpipe.ingest import DatasetError, check_config_against_file
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
 try:
-    validate(config, source="config (config/config.yaml and --config overrides)")
-except ConfigError as exc:
+    validate(config, source="config (config/config.yaml and overrides)")
+    if config["dataset"]["source"] == "file":
+        check_config_against_file(config)
+except (ConfigError, DatasetError) as exc:
     raise WorkflowError(str(exc)) from None
 
 
@@ -34,19 +37,11 @@ def tier_threads(name):
 
 
 # The exact config each step depends on: Snakemake reruns a step when its params change.
-def split_and_window():
-    return {
-        "variables": VARIABLES,
-        "split": config["preprocess"]["split"],
-        "lags": config["features"]["lags"],
-        "leads": config["features"]["leads"],
-    }
-
-
+# (Whether the data can serve the split, lags and leads is checked above, before any job.)
 def data_params():
     if config["dataset"]["source"] == "builtin":
-        return as_json({"builtin": config["dataset"]["builtin"], **split_and_window()})
-    return as_json({"rename": config["ingest"]["rename"], **split_and_window()})
+        return as_json({"builtin": config["dataset"]["builtin"], "variables": VARIABLES})
+    return as_json({"rename": config["ingest"]["rename"], "variables": VARIABLES})
 
 
 def preprocess_params():
@@ -54,12 +49,7 @@ def preprocess_params():
 
 
 def thresholds_params():
-    return as_json(
-        {
-            "split": config["preprocess"]["split"],
-            "extreme_quantile": config["evaluate"]["extreme_quantile"],
-        }
-    )
+    return as_json({"extreme_quantile": config["evaluate"]["extreme_quantile"]})
 
 
 def features_params():
