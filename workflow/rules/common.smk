@@ -40,7 +40,9 @@ def tier_threads(name):
 # (Whether the data can serve the split, lags and leads is checked above, before any job.)
 def data_params():
     if config["dataset"]["source"] == "builtin":
-        return as_json({"builtin": config["dataset"]["builtin"], "variables": VARIABLES})
+        return as_json(
+            {"builtin": config["dataset"]["builtin"], "variables": VARIABLES}
+        )
     return as_json({"rename": config["ingest"]["rename"], "variables": VARIABLES})
 
 
