@@ -19,6 +19,9 @@ from typing import Any
 from hpcpipe import logs
 
 log = logging.getLogger("hpcpipe")
+# ValueError covers ConfigError, DatasetError and the steps' own checks; the rest are the
+# store, checkpoint and Dask errors, whose messages name the path or mode.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
 
 
 def _params(text: str) -> dict[str, Any]:
@@ -201,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         return launch_main(argv[1:])
     args = build_parser().parse_args(argv)
     logs.setup(args.log)
-    from hpcpipe.config import ConfigError
     from hpcpipe.dask_cluster import dask_runtime
     from hpcpipe.resources import allocation
 
@@ -210,23 +212,28 @@ def main(argv: list[str] | None = None) -> int:
         alloc = allocation(args.threads)
         log.info(
             "hpcpipe %s: %d CPUs, %.1f GB, %d GPUs%s",
-            args.command,
-            alloc.cpus,
-            alloc.memory_gb,
-            alloc.gpus,
-            " (SLURM)" if alloc.in_slurm else "",
-        )
+            args.command, alloc.cpus, alloc.memory_gb, alloc.gpus, _where(),
+        )  # fmt: skip
         with dask_runtime(alloc):
             args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
-        log.debug("traceback", exc_info=True)
-        logging.getLogger("hpcpipe").error(
-            "%s failed: %s", args.command, exc, exc_info=_want_traceback()
+    except Exception as exc:
+        # Errors the steps raise on purpose name the file/key/variable: no traceback needed.
+        logs.failure(
+            args.command, exc, expected=isinstance(exc, EXPECTED_ERRORS) and not _want_traceback()
         )
-        print(f"hpcpipe {args.command}: error: {exc}", file=sys.stderr) if not args.log else None
         return 1
     log.info("hpcpipe %s finished in %.1f s", args.command, time.monotonic() - start)
     return 0
+
+
+def _where() -> str:
+    import os
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return " (local)"
+    part = os.environ.get("SLURM_JOB_PARTITION", "?")
+    return f" (SLURM job {job}, partition {part}, node {os.uname().nodename})"
 
 
 def _want_traceback() -> bool:

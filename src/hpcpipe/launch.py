@@ -1,8 +1,13 @@
-"""`hpcpipe launch -n N CMD...`: start N local ranks of CMD, as srun does on a cluster.
+"""`hpcpipe launch -n N CMD...`: start N ranks of CMD, the same way on a laptop and in SLURM.
 
-Each rank gets the torchrun variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
-MASTER_PORT), which hpcpipe.distributed reads. With N=1 the command simply replaces this
-process. If one rank fails, the others are stopped and its exit status is returned.
+- N=1: the command replaces this process (under SLURM the plugin already wrapped the step in
+  `srun -n1`).
+- N>1 inside a SLURM job: `srun -n N CMD` (the profile sets `mpi: srun` so that the plugin
+  does not wrap the step itself; plugin 2.8 allows `mpi` only with tasks >= 2, which is why the
+  rule does not spell `{resources.mpi}` itself).
+- N>1 elsewhere: N local processes with the torchrun variables (RANK, LOCAL_RANK, WORLD_SIZE,
+  MASTER_ADDR, MASTER_PORT), which hpcpipe.distributed reads. If one rank fails, the others
+  are stopped and its exit status is returned.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ def launch(n: int, command: list[str]) -> int:
         raise SystemExit("hpcpipe launch: no command given")
     if n == 1:
         os.execvp(command[0], command)
+    if "SLURM_JOB_ID" in os.environ:
+        srun = ["srun", "--ntasks", str(n), "--kill-on-bad-exit=1", "--export=ALL"]
+        os.execvp(srun[0], srun + command)
     port = str(free_port())
     procs = []
     for rank in range(n):

@@ -26,13 +26,36 @@ def setup(log_file: str | Path | None, level: int = logging.INFO) -> None:
     err = logging.StreamHandler(sys.stderr)
     err.setFormatter(fmt)
     log.addHandler(err)
+    global _file_handler
+    _file_handler = None
     if log_file:
         path = Path(log_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(path, mode="a")
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
+        _file_handler = logging.FileHandler(path, mode="a")
+        _file_handler.setFormatter(fmt)
+        log.addHandler(_file_handler)
     log.propagate = False
+
+
+_file_handler: logging.FileHandler | None = None
+
+
+def failure(step: str, exc: BaseException, expected: bool) -> None:
+    """Tell the user what failed in one plain line; the traceback goes to the log file only.
+
+    ``expected`` errors (bad input, named by the step) need no traceback at all.
+    """
+    log.error("%s failed: %s", step, exc)
+    if not expected and _file_handler is not None:
+        import traceback
+
+        _file_handler.stream.write("".join(traceback.format_exception(exc)))
+        _file_handler.flush()
+        log.error("(an unexpected error: the traceback is in %s)", _file_handler.baseFilename)
+    elif not expected:
+        import traceback
+
+        traceback.print_exception(exc)
 
 
 def progress(items: Iterable[T], total: int | None, what: str, every_s: float = 5.0) -> Iterator[T]:

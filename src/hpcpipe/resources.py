@@ -1,8 +1,10 @@
 """What this step was given: CPUs, memory and GPUs, from the allocation, never the host.
 
-Inside a SLURM job the allocation is authoritative (SLURM_CPUS_PER_TASK, SLURM_MEM_PER_*,
-the GPUs SLURM made visible); outside it, what Snakemake granted (``--threads``) and the
-CPU affinity mask of this process.
+Inside a SLURM job the allocation is authoritative: SLURM_CPUS_PER_TASK and SLURM_MEM_PER_*
+when set, else what slurmctld says of the job (`scontrol show job`), because the Snakemake
+SLURM plugin strips those variables before it starts the step with `srun -n1`. GPUs are the
+ones SLURM made visible. Outside SLURM: what Snakemake granted (``--threads``), the CPU
+affinity mask and the cgroup memory limit.
 """
 
 from __future__ import annotations
@@ -51,10 +53,44 @@ class Allocation:
         return self.memory_bytes / 1e9
 
 
+def _memory_mb(text: str) -> int | None:
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+    text = text.strip()
+    if text and text[-1].upper() in units and text[:-1].replace(".", "", 1).isdigit():
+        return int(float(text[:-1]) * units[text[-1].upper()])
+    return int(text) if text.isdigit() else None
+
+
+def slurm_job_resources(job_id: str) -> dict[str, int]:
+    """CPUs per task and memory (MB) of a SLURM job, as slurmctld records them."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    res: dict[str, int] = {}
+    if fields.get("CPUs/Task", "").isdigit():
+        res["cpus_per_task"] = int(fields["CPUs/Task"])
+    tres = dict(t.split("=", 1) for t in fields.get("TRES", "").split(",") if "=" in t)
+    mem = _memory_mb(tres.get("mem", "")) or _memory_mb(fields.get("MinMemoryNode", ""))
+    if mem:
+        res["mem_mb"] = mem
+    return res
+
+
 def allocation(threads: int | None = None) -> Allocation:
     """The resources this step may use. ``threads`` is Snakemake's grant on a laptop."""
     in_slurm = "SLURM_JOB_ID" in os.environ
-    cpus = _int_env("SLURM_CPUS_PER_TASK") if in_slurm else None
+    job = {}
+    if in_slurm and not (
+        os.environ.get("SLURM_CPUS_PER_TASK") and os.environ.get("SLURM_MEM_PER_NODE")
+    ):
+        job = slurm_job_resources(os.environ["SLURM_JOB_ID"])
+    cpus = (_int_env("SLURM_CPUS_PER_TASK") or job.get("cpus_per_task")) if in_slurm else None
     if cpus is None:
         affinity = (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -68,6 +104,8 @@ def allocation(threads: int | None = None) -> Allocation:
             mem = per_node * 1024 * 1024
         elif per_cpu:
             mem = per_cpu * 1024 * 1024 * cpus
+        elif "mem_mb" in job:
+            mem = job["mem_mb"] * 1024 * 1024
     if mem is None:
         mem = _cgroup_memory_bytes() or _host_memory_bytes()
     return Allocation(cpus=max(1, cpus), memory_bytes=mem, gpus=visible_gpus(), in_slurm=in_slurm)

@@ -1,5 +1,5 @@
-# One job per model and seed. The step launches its own ranks: `hpcpipe launch` locally,
-# `srun` under the SLURM profile (set-resources: mpi, tasks, gpu).
+# One job per model and seed. The step launches its own ranks with `hpcpipe launch`:
+# local processes on a laptop, `srun -n tasks` in a SLURM job (see hpcpipe/launch.py).
 rule train:
     input:
         train="results/features/train.zarr",
@@ -16,10 +16,9 @@ rule train:
         mem_mb=tier_mem("train"),
         runtime=tier_runtime("train"),
         tasks=1,
-        mpi="hpcpipe launch",
     params:
         cfg=train_params,
     shell:
-        "{resources.mpi} -n {resources.tasks} hpcpipe train --params {params.cfg:q} "
+        "hpcpipe launch -n {resources.tasks} hpcpipe train --params {params.cfg:q} "
         "--features results/features --model {wildcards.model:q} --seed {wildcards.seed} "
         "--output {output.model:q} --history {output.history:q} --threads {threads} --log {log:q}"
