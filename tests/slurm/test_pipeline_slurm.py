@@ -21,9 +21,10 @@ pytestmark = pytest.mark.slurm
 # Test overrides of the site profile: the local cluster is idle and jobs are short, so the
 # first status check can come early; outputs appear at once on a local disk.
 FAST = {
-    "slurm-init-seconds-before-status-checks": 2,
+    "hpcpipe-slurm-init-seconds-before-status-checks": 1,
+    "hpcpipe-slurm-max-status-check-seconds": 1,
     "latency-wait": 5,
-    "slurm-keep-successful-logs": True,
+    "hpcpipe-slurm-keep-successful-logs": True,
 }
 STEP_LOGS = ["generate", "preprocess", "thresholds", "features", "summary"]
 MODEL_LOGS = ["train/cnn/0", "train/unet/0", "evaluate/cnn/0", "evaluate/unet/0"]
@@ -59,10 +60,11 @@ def jobs_in_logs(wd: Path) -> dict[str, tuple[str, str]]:
 
 def test_every_step_ran_as_a_slurm_job(slurm_run: Path, slurm_cluster):
     jobs = jobs_in_logs(slurm_run)
-    # Short array steps share one grouped job; each training run is a job of its own.
-    assert len({jobs[s][0] for s in ("preprocess", "thresholds", "features")}) == 1
-    assert len({jobs[s][0] for s in ("evaluate/cnn/0", "evaluate/unet/0", "summary")}) == 1
-    assert jobs["train/cnn/0"][0] != jobs["train/unet/0"][0]
+    # Short array steps share one grouped job; each model trains and evaluates in a job of
+    # its own; the summary is the last job.
+    assert len({jobs[s][0] for s in ("generate", "preprocess", "thresholds", "features")}) == 1
+    assert jobs["train/cnn/0"][0] == jobs["evaluate/cnn/0"][0] != jobs["train/unet/0"][0]
+    assert len({j for j, _ in jobs.values()}) == 4
     for job_id, _ in jobs.values():
         assert slurm_cluster.show_job(job_id)["JobState"] == "COMPLETED"
     assert {p for _, p in jobs.values()} == {"cpu", "gpu"}
@@ -77,7 +79,7 @@ def test_training_ran_on_the_gpu_partition_with_a_gpu(slurm_run: Path, slurm_clu
         # the GRES request as slurmctld holds it (AllocTRES lists gres only with accounting)
         assert info.get("TresPerJob") == "gres:gpu:1", info
         assert " 1 GPUs " in (slurm_run / "logs" / f"{name}.log").read_text()
-    for name in STEP_LOGS:
+    for name in ("generate", "summary"):
         assert jobs[name][1] == "cpu"
 
 

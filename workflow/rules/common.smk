@@ -1,13 +1,15 @@
 # Shared helpers: config validation, the params each step depends on, resource tiers.
-from hpcpipe.config import ConfigError, as_json, validate
-from hpcpipe.ingest import DatasetError, check_config_against_file
+from hpcpipe.config import as_json, validate
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
 try:
     validate(config, source="config (config/config.yaml and overrides)")
     if config["dataset"]["source"] == "file":
+        # imported here: xarray takes a second, and Snakemake parses this file in every job
+        from hpcpipe.ingest import check_config_against_file
+
         check_config_against_file(config)
-except (ConfigError, DatasetError) as exc:
+except ValueError as exc:  # ConfigError, DatasetError
     raise WorkflowError(str(exc)) from None
 
 
