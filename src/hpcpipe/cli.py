@@ -8,6 +8,7 @@ the full traceback goes to the step's log file.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import sys
@@ -122,6 +123,56 @@ def cmd_summary(a: argparse.Namespace) -> None:
     from hpcpipe.evaluate import summarize
 
     summarize([Path(p) for p in a.metrics], Path(a.output_csv), Path(a.output_png), title=a.title)
+    if a.provenance:
+        from hpcpipe.atomic import write_text
+        from hpcpipe.provenance import describe
+
+        write_text(a.provenance, "\n\n".join(describe(p) for p in a.metrics) + "\n")
+
+
+def step_io(a: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The inputs and outputs of a step, for its provenance manifests."""
+    c = a.command
+    if c == "generate":
+        return [], [a.output]
+    if c == "ingest":
+        return [a.input], [a.output]
+    if c == "preprocess":
+        return [a.input], [a.output, a.stats]
+    if c in ("thresholds",):
+        return [a.input], [a.output]
+    if c == "features":
+        return [a.input], [a.train, a.val, a.test]
+    if c == "train":
+        feats = Path(a.features)
+        return [str(feats / "train.zarr"), str(feats / "val.zarr")], [a.output, a.history]
+    if c == "evaluate":
+        outs = [
+            str(Path(a.output_dir) / n)
+            for n in (
+                "metrics.json",
+                "metrics.csv",
+                "skill_vs_lead.png",
+                "error_maps.png",
+                "loss_curve.png",
+            )
+        ]
+        return [a.model, a.features, a.preprocessed, a.thresholds], outs
+    if c == "summary":
+        outs = [a.output_csv, a.output_png] + ([a.provenance] if a.provenance else [])
+        return list(a.metrics), outs
+    return [], []
+
+
+def cmd_provenance(a: argparse.Namespace) -> None:
+    from hpcpipe.provenance import ProvenanceError, check, describe
+
+    print(describe(a.output))
+    if a.check:
+        problems = check(a.output)
+        if problems:
+            raise ProvenanceError(f"{len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+        print(f"{a.output}: every output in the chain matches its manifest")
 
 
 def cmd_check_config(a: argparse.Namespace) -> None:
@@ -187,9 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-csv", required=True)
     p.add_argument("--output-png", required=True)
     p.add_argument("--title", default="hpcpipe forecast skill")
+    p.add_argument("--provenance", help="write the provenance chain of every evaluated model here")
     sub.add_parser(
         "launch", help="start N local ranks of a command, like srun -n N (launch -n N CMD...)"
     )
+    p = sub.add_parser(
+        "provenance", help="where an output came from (run in the workflow directory)"
+    )
+    p.add_argument("output")
+    p.add_argument("--check", action="store_true", help="verify every checksum along the chain")
+    p.set_defaults(func=cmd_provenance, log=None, threads=None)
     p = sub.add_parser("check-config", help="validate a config file against the schema")
     p.add_argument("config")
     p.set_defaults(func=cmd_check_config, log=None, threads=None)
@@ -203,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return launch_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.func in (cmd_provenance, cmd_check_config):  # queries, not steps
+        logs.setup(None)
+        try:
+            args.func(args)
+        except ValueError as exc:
+            print(f"hpcpipe {args.command}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     logs.setup(args.log)
     from hpcpipe.dask_cluster import dask_runtime
     from hpcpipe.resources import allocation
@@ -214,8 +280,27 @@ def main(argv: list[str] | None = None) -> int:
             "hpcpipe %s: %d CPUs, %.1f GB, %d GPUs%s",
             args.command, alloc.cpus, alloc.memory_gb, alloc.gpus, _where(),
         )  # fmt: skip
+        started = datetime.datetime.now(datetime.UTC)
         with dask_runtime(alloc):
             args.func(args)
+        inputs, outputs = step_io(args)
+        if outputs:
+            from hpcpipe.provenance import write_manifests
+            from hpcpipe.store import CHECKSUM_SECONDS
+
+            t0 = time.monotonic() - CHECKSUM_SECONDS[0]  # chunk checksums count as manifest cost
+            resources = {
+                "cpus": alloc.cpus,
+                "memory_gb": round(alloc.memory_gb, 2),
+                "gpus": alloc.gpus,
+            }
+            write_manifests(args.command, args.params, inputs, outputs, started, resources)
+            took = time.monotonic() - t0
+            log.info(
+                "provenance: manifests and chunk checksums took %.3f s (%.2f%% of the step)",
+                took,
+                100 * took / max(time.monotonic() - start, 1e-9),
+            )
     except Exception as exc:
         # Errors the steps raise on purpose name the file/key/variable: no traceback needed.
         logs.failure(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 import warnings
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
+from zarr.storage import LocalStore
 
 from hpcpipe.atomic import atomic_path
 
@@ -19,6 +25,53 @@ TARGET_CHUNK_BYTES = 128 * 2**20
 
 class StoreError(RuntimeError):
     """A store is missing or unreadable; the message names the path."""
+
+
+# Checksums of the stores this process wrote, by absolute path (hpcpipe.provenance reads them),
+# and the seconds spent computing them (part of the cost of provenance).
+WRITTEN: dict[str, str] = {}
+CHECKSUM_SECONDS = [0.0]
+
+
+def combine_checksums(crcs: Mapping[str, int]) -> str:
+    """One checksum of a store from the CRC32 of each of its files (keys: relative paths)."""
+    h = hashlib.sha256()
+    for key in sorted(crcs):
+        h.update(f"{key}:{crcs[key]:08x}\n".encode())
+    return "dir-crc32-sha256:" + h.hexdigest()
+
+
+class ChecksumStore(LocalStore):
+    """A LocalStore that records the CRC32 of every chunk as it is written.
+
+    The store's checksum thus costs no second read of the data (provenance manifests).
+    """
+
+    def __init__(
+        self, root: Path | str, *, read_only: bool = False, crcs: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(root, read_only=read_only)
+        self.crcs: dict[str, int] = {} if crcs is None else crcs
+
+    def with_read_only(self, read_only: bool = False) -> ChecksumStore:
+        return type(self)(self.root, read_only=read_only, crcs=self.crcs)
+
+    def _record(self, key: str, value: Any) -> None:
+        t0 = time.perf_counter()
+        self.crcs[key] = zlib.crc32(value.to_bytes())
+        CHECKSUM_SECONDS[0] += time.perf_counter() - t0
+
+    async def _set(self, key: str, value: Any, exclusive: bool = False) -> None:
+        await super()._set(key, value, exclusive=exclusive)
+        self._record(key, value)
+
+    def set_sync(self, key: str, value: Any) -> None:
+        super().set_sync(key, value)
+        self._record(key, value)
+
+    async def delete(self, key: str) -> None:
+        await super().delete(key)
+        self.crcs.pop(key, None)
 
 
 def chunk_length(n: int, bytes_per_item: int, target_bytes: int = TARGET_CHUNK_BYTES) -> int:
@@ -50,7 +103,9 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike[str], chunks: dict[str, 
     for var in ds.variables.values():
         var.encoding = {}
     with atomic_path(path) as tmp:
-        ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=True)
+        store = ChecksumStore(tmp)
+        ds.to_zarr(store, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=True)
+    WRITTEN[os.path.abspath(path)] = combine_checksums(store.crcs)
 
 
 def decode_str(values: np.ndarray) -> list[str]:

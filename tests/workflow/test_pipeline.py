@@ -32,6 +32,27 @@ def test_whole_pipeline_outputs(pipeline_run: Path):
         assert (pipeline_run / "logs" / f"{log}.log").read_text().strip()
 
 
+def test_every_output_has_provenance_that_checks_out(pipeline_run: Path):
+    import subprocess
+
+    target = "results/eval/unet/0/metrics.json"
+    proc = subprocess.run(
+        ["hpcpipe", "provenance", target, "--check"],
+        cwd=pipeline_run,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "data/raw.zarr  <- generate" in proc.stdout
+        and "every output in the chain matches" in proc.stdout
+    )
+    assert (
+        "results/models/unet/0/model.pt  <- train"
+        in (pipeline_run / "results/provenance.txt").read_text()
+    )
+
+
 def test_noop_rerun_plans_nothing(pipeline_run: Path):
     assert planned_jobs(pipeline_run) == {}
 
@@ -54,6 +75,18 @@ def test_report_is_built(pipeline_run: Path):
             {"train": 1, "evaluate": 1, "summary": 1, "all": 1},
         ),
         ({"report": {"title": "x"}}, {"summary": 1, "all": 1}),
+        (
+            {"preprocess": {"climatology_window": 15}},
+            {
+                "preprocess": 1,
+                "thresholds": 1,
+                "features": 1,
+                "train": 2,
+                "evaluate": 2,
+                "summary": 1,
+                "all": 1,
+            },
+        ),
         (
             {"features": {"lags": [0, 2]}},
             {"features": 1, "train": 2, "evaluate": 2, "summary": 1, "all": 1},

@@ -72,4 +72,5 @@ rule summary:
         title=config["report"]["title"],
     shell:
         "hpcpipe summary --metrics {input:q} --output-csv {output.table:q} "
-        "--output-png {output.chart:q} --title {params.title:q} --log {log:q}"
+        "--output-png {output.chart:q} --title {params.title:q} "
+        "--provenance {output.provenance:q} --log {log:q}"
