@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from hpcpipe.ingest import split_indices
+from hpcpipe.store import chunk_length
 
 log = logging.getLogger("hpcpipe.preprocess")
 
@@ -128,6 +129,11 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     if params["coarsen"] > 1:
         c = params["coarsen"]
         x = x.coarsen(lat=c, lon=c, boundary="trim").mean()
+    # Canonical time blocks, set by the data's shape alone: the reductions below then add up
+    # in the same order whatever the input's chunking or the number of workers, so results
+    # are bit-identical across both (floating-point sums depend on their order).
+    per_step = 4 * x.sizes["variable"] * x.sizes["lat"] * x.sizes["lon"]
+    x = x.chunk({"time": chunk_length(x.sizes["time"], per_step)})
     bounds = split_indices(raw, params["split"], "raw data")
     t0, t1 = bounds["train"]
     train = x.isel(time=slice(t0, t1))

@@ -56,3 +56,10 @@ def test_nan_become_zero_and_mask_marks_them(raw: xr.Dataset, split: dict):
     ds = split_features(pre_for(raw, split), "test", FEAT).load()
     assert np.isfinite(ds["inputs"].values).all() and np.isfinite(ds["targets"].values).all()
     assert not ds["mask"].values[0, 0, :3].any() and ds["mask"].values[1].all()
+
+
+def test_bit_identical_across_chunking(raw: xr.Dataset, split: dict):
+    pre = pre_for(raw, split)
+    a = split_features(pre.chunk(time=17), "train", FEAT).load()
+    b = split_features(pre.chunk(time=548), "train", FEAT).load()
+    xr.testing.assert_identical(a, b)

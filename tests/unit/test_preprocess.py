@@ -60,13 +60,20 @@ def test_coarsen_and_masked_points(split: dict):
     )
 
 
-def test_independent_of_chunking_and_scheduler(raw: xr.Dataset, split: dict):
+def test_bit_identical_across_chunking_and_workers(raw: xr.Dataset, split: dict, monkeypatch):
+    import hpcpipe.preprocess as pp
+
+    # small canonical blocks so that the reductions really run over several blocks
+    monkeypatch.setattr(pp, "chunk_length", lambda n, per, target=None: 100)
     p = params(split, climatology="dayofyear", climatology_window=31)
-    a, _ = preprocess(raw.chunk(time=30), p)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        a = preprocess(raw.chunk(time=30), p)[0].load()
     with dask.config.set(scheduler="synchronous"):
-        b, _ = preprocess(raw.chunk(time=548), p)
-        b = b.load()
-    xr.testing.assert_allclose(a.load(), b, rtol=1e-6)
+        b = preprocess(raw.chunk(time=548), p)[0].load()
+    with dask.config.set(scheduler="threads", num_workers=1):
+        c = preprocess(raw.chunk(time=7), p)[0].load()
+    xr.testing.assert_identical(a, b)
+    xr.testing.assert_identical(a, c)
 
 
 def test_dayofyear_climatology_covers_every_day_with_cftime(split: dict):
