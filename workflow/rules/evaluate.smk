@@ -60,6 +60,11 @@ rule summary:
             caption="../report/summary_chart.rst",
             category="Summary",
         ),
+        provenance=report(
+            "results/provenance.txt",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
     log:
         "logs/summary.log",
     conda:
