@@ -1,13 +1,18 @@
 """`executor: hpcpipe-slurm`: snakemake-executor-plugin-slurm, tuned for short steps.
 
-Everything (settings, submission, job steps) is the upstream plugin's, with its settings
-spelled `--hpcpipe-slurm-...` instead of `--slurm-...`, and two changes:
+Everything (settings, submission) is the upstream plugin's, with its settings spelled
+`--hpcpipe-slurm-...` instead of `--slurm-...`, and three changes:
 
 - `max-status-check-seconds` caps the wait between status checks. Upstream (2.8) waits 10 s
   longer after every round in which no job finished, up to 180 s, and no setting changes that:
   a job of a few seconds is seen finished only 12-20 s after it ended.
 - The error of a failed group job (e.g. sbatch's "invalid partition") is printed; Snakemake 9
   shows only "Error in group ..." for groups and drops the executor's message.
+- Inside the job, Snakemake runs the job's rules itself
+  (its local executor), as cluster-generic job scripts do. Upstream starts one more Snakemake
+  per rule under `srun -n1` (about 2.5 s each, and a group's rules one at a time). Rules that
+  launch their own ranks (`mpi`) run the same either way: their shell calls srun.
+  `upstream-job-steps` switches back to upstream's way.
 """
 
 from collections.abc import AsyncGenerator
@@ -32,6 +37,15 @@ class ExecutorSettings(SlurmExecutorSettings):
             "required": False,
         },
     )
+    upstream_job_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "Run each rule of a job in one more Snakemake under `srun -n1`, as "
+            "upstream does, instead of directly in the batch step (one Snakemake per job).",
+            "env_var": False,
+            "required": False,
+        },
+    )
 
 
 class Executor(SlurmExecutor):
@@ -43,6 +57,11 @@ class Executor(SlurmExecutor):
             self.next_seconds_between_status_checks = min(
                 self.next_seconds_between_status_checks, cap
             )
+
+    def additional_general_args(self) -> str:
+        if self.workflow.executor_settings.upstream_job_steps:
+            return super().additional_general_args()
+        return "--executor local"
 
     def report_job_error(self, job_info, msg=None, **kwargs):
         if msg and job_info.job.is_group():
