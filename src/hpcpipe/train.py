@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
 import logging
 import math
@@ -431,6 +432,10 @@ def train(
             # The model last: a model.pt always has its history beside it.
             with atomic_path(model_path) as tmp:
                 torch.save(checkpoint(model, model_name, model_cfg, meta), tmp)
+        # DDP's reducer must go before its process group: freed after it, gloo's destructor
+        # can wait for ever on its worker threads (seen with 2 CPU ranks under load).
+        del loop, net
+        gc.collect()
     summary["seconds"] = time.perf_counter() - t_start
     if main:
         log.info(

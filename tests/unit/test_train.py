@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +238,13 @@ def test_ddp_two_ranks_match_one_process(features: Path, tmp_path: Path) -> None
     single = _run(features, tmp_path / "single", epochs=3)
     ddp = tmp_path / "ddp"
     ddp.mkdir()
-    mp.spawn(_ddp_rank, args=(2, _free_port(), str(features), str(ddp)), nprocs=2, join=True)
+    ctx = mp.spawn(_ddp_rank, args=(2, _free_port(), str(features), str(ddp)), nprocs=2, join=False)
+    deadline = time.monotonic() + 300  # a hung rank fails the test instead of the CI run
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a DDP rank did not finish within 300 s")
     assert (ddp / "model.pt").exists() and not (ddp / "not-rank0").exists()
     losses = {float((ddp / f"summary{r}.txt").read_text()) for r in range(2)}
     assert len(losses) == 1  # all-reduced: every rank saw the same validation loss
