@@ -49,20 +49,24 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
 
 def cmd_ingest(a: argparse.Namespace) -> None:
-    from hpcpipe.ingest import ingest
-    from hpcpipe.store import chunk_length, write_store  # noqa: F401
+    from hpcpipe.ingest import DatasetError, ingest
+    from hpcpipe.store import chunk_length
 
     ds = ingest(a.input, a.params)
     per_step = 4 * ds.sizes["lat"] * ds.sizes["lon"] * len(ds.data_vars)
-    _write(
-        ds,
-        a.output,
-        {
-            "time": chunk_length(ds.sizes["time"], per_step),
-            "lat": ds.sizes["lat"],
-            "lon": ds.sizes["lon"],
-        },
-    )
+    chunks = {
+        "time": chunk_length(ds.sizes["time"], per_step),
+        "lat": ds.sizes["lat"],
+        "lon": ds.sizes["lon"],
+    }
+    try:
+        _write(ds, a.output, chunks)
+    except Exception as exc:
+        # The data are read only now, chunk by chunk: name the file that failed to read.
+        raise DatasetError(
+            f"{a.input}: reading the data failed ({type(exc).__name__}: {exc}); "
+            "a corrupt chunk or a truncated file?"
+        ) from exc
 
 
 def _write(ds: Any, path: str, chunks: dict[str, int]) -> None:

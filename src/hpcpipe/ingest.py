@@ -190,13 +190,20 @@ def check_serves(
 
 
 def ingest(path: str, params: dict[str, Any]) -> xr.Dataset:
-    """Open, canonicalise and check an external dataset (lazy; the CLI writes it)."""
+    """Open, canonicalise and check an external dataset (lazy; the CLI writes it).
+
+    The split, lags and leads are checked when given (by hand); the workflow checks them
+    before it starts and leaves them out of the rule's params, so that changing them does not
+    ingest the data again.
+    """
     name = str(path)
     ds = canonicalise(open_source(path), params["variables"], params.get("rename", {}), name)
-    counts = check_serves(
-        ds, params["variables"], params["split"], params["lags"], params["leads"], name
-    )
-    log.info("%s: %s, samples per split %s", name, dict(ds.sizes), counts)
+    time_step(ds, name)
+    if "split" in params:
+        counts = check_serves(
+            ds, params["variables"], params["split"], params["lags"], params["leads"], name
+        )
+        log.info("%s: %s, samples per split %s", name, dict(ds.sizes), counts)
     return ds
 
 

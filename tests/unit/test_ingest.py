@@ -108,3 +108,42 @@ def test_unsorted_time_is_sorted(tmp_path: Path, raw: xr.Dataset, split: dict):
     raw.isel(time=np.r_[5:548, 0:5]).to_netcdf(path)
     out = ingest(str(path), params(split))
     assert out.indexes["time"].is_monotonic_increasing
+
+
+def test_corrupt_zarr_chunk_names_the_file_and_keeps_no_output(
+    tmp_path: Path, raw: xr.Dataset, split: dict
+):
+    import json
+    import subprocess
+
+    src = tmp_path / "src.zarr"
+    raw.chunk(time=100).to_zarr(src, zarr_format=2)
+    chunk = sorted((src / "z500").glob("[0-9]*"))[1]
+    chunk.write_bytes(b"\x00garbage" * 7)
+    out = tmp_path / "raw.zarr"
+    params = json.dumps({"variables": ["t2m", "z500"], "rename": {}})
+    proc = subprocess.run(
+        ["hpcpipe", "ingest", "--params", params, "--input", str(src), "--output", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"{src}: reading the data failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".raw.zarr*"))
+
+
+def test_cli_ingest_with_the_rules_params(tmp_path: Path, raw: xr.Dataset):
+    """The rule passes only variables and rename (split/lags/leads are checked beforehand)."""
+    import json
+    import subprocess
+
+    src = tmp_path / "src.nc"
+    raw.isel(lat=slice(None, None, -1)).to_netcdf(src)
+    out = tmp_path / "raw.zarr"
+    params = json.dumps({"variables": ["t2m", "z500"], "rename": {}})
+    proc = subprocess.run(
+        ["hpcpipe", "ingest", "--params", params, "--input", str(src), "--output", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    xr.testing.assert_allclose(xr.open_zarr(out)["t2m"], raw["t2m"])
+    assert (tmp_path / "raw.zarr.manifest.json").exists()

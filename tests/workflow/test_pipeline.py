@@ -135,3 +135,44 @@ def test_a_dataset_that_cannot_serve_stops_before_any_job(tmp_path: Path):
     assert proc.returncode != 0
     assert f"{src}: variable(s) ['z500'] not found" in proc.stderr + proc.stdout
     assert not (wd / "data").exists()
+
+
+def test_whole_pipeline_on_your_own_netcdf(tmp_path: Path):
+    """ERA5-style names, descending latitude, longitudes in [-180, 180), a noleap calendar."""
+    from testdata import make_raw
+
+    src = make_raw(calendar="noleap").rename(
+        time="valid_time", lat="latitude", lon="longitude", t2m="2t"
+    )
+    src = src.isel(latitude=slice(None, None, -1))
+    src = src.assign_coords(longitude=((src.longitude + 180) % 360) - 180).sortby("longitude")
+    path = tmp_path / "era5.nc"
+    src.to_netcdf(path)
+    wd = make_workdir(
+        tmp_path / "wd",
+        {
+            "dataset": {"source": "file"},
+            "ingest": {
+                "path": str(path),
+                "rename": {
+                    "time": "valid_time",
+                    "lat": "latitude",
+                    "lon": "longitude",
+                    "t2m": "2t",
+                },
+            },
+            "preprocess": {
+                "split": {
+                    "train": ["2000-01-01", "2000-12-31"],
+                    "val": ["2001-01-01", "2001-03-31"],
+                    "test": ["2001-04-01", "2001-06-30"],
+                }
+            },
+        },
+    )
+    snakemake(wd)
+    summary = pd.read_csv(wd / "results" / "summary.csv")
+    assert set(summary["variable"]) == {"t2m", "z500"} and summary["rmse_model"].notna().all()
+    raw = xr.open_zarr(wd / "data" / "raw.zarr")
+    assert raw.indexes["time"].calendar == "noleap" and float(raw.lat[0]) < 0
+    assert "hpcpipe ingest" in (wd / "logs" / "ingest.log").read_text()
