@@ -38,14 +38,13 @@ def _params(text: str) -> dict[str, Any]:
 def cmd_generate(a: argparse.Namespace) -> None:
     from hpcpipe.generate import generate_dataset
     from hpcpipe.ingest import check_serves
-    from hpcpipe.store import chunk_length
 
     p = a.params
     ds = generate_dataset(p["builtin"], p["variables"])
     if "split" in p:  # the workflow checks this from the config before it starts
         check_serves(ds, p["variables"], p["split"], p["lags"], p["leads"], "built-in dataset")
-    per_step = 4 * ds.sizes["lat"] * ds.sizes["lon"] * len(p["variables"])
-    _write(ds, a.output, {"time": chunk_length(ds.sizes["time"], per_step)})
+    # Store with the generator's own chunks (whole generation blocks): no rechunk on write.
+    _write(ds, a.output, {"time": ds.chunks["time"][0]})
 
 
 def cmd_ingest(a: argparse.Namespace) -> None:
@@ -318,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
 def _where() -> str:
     import os
 
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
+    from hpcpipe.resources import slurm_job
+
+    job = slurm_job()
+    if job is None:
         return " (local)"
-    part = os.environ.get("SLURM_JOB_PARTITION", "?")
-    return f" (SLURM job {job}, partition {part}, node {os.uname().nodename})"
+    part = job.get("job_partition", "?")
+    return f" (SLURM job {job['job_id']}, partition {part}, node {os.uname().nodename})"
 
 
 def _want_traceback() -> bool:

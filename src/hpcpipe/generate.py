@@ -42,13 +42,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hpcpipe.store import TARGET_CHUNK_BYTES, chunk_length
+
 # Fixed generation geometry. Changing any of these changes the data (it is part of the
 # definition of the dataset), so they are constants, never derived from the chunking.
 BLOCK_DAYS = 32  # days per independently generated block
 SPINUP_DAYS = 128  # days of spin-up from zero before each block; exp(-0.15 * 128) ≈ 5e-9
 GROUP_DAYS = 8  # days per noise stream; divides BLOCK_DAYS and SPINUP_DAYS
 SPINUP_CUTOFF = 1e-8  # a mode whose decay over the lag is below this is skipped in spin-up
-TARGET_CHUNK_BYTES = 128 * 2**20  # ~128 MB per generation task (all variables together)
 SOURCE = "hpcpipe builtin"
 
 _EPOCH = np.datetime64("1970-01-01", "D")
@@ -372,11 +373,9 @@ def storage_chunk_days(
     computed twice), and never more than ``n_days``.
     """
     per_day = 4 * n_lat * n_lon * max(1, n_vars)
-    days = max(1, target_bytes // per_day)
-    if days >= BLOCK_DAYS:
+    days = chunk_length(n_days if n_days is not None else 2**62, per_day, target_bytes)
+    if days >= BLOCK_DAYS and (n_days is None or days < n_days):
         days -= days % BLOCK_DAYS
-    if n_days is not None:
-        days = min(days, max(1, n_days))
     return int(days)
 
 

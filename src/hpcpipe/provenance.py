@@ -24,6 +24,7 @@ from typing import Any
 
 from hpcpipe import __version__
 from hpcpipe.atomic import write_json
+from hpcpipe.resources import slurm_job
 
 SUFFIX = ".manifest.json"
 BIG_FILE = 256 * 2**20  # external inputs above this are fingerprinted by size and mtime
@@ -117,14 +118,6 @@ def _libraries() -> dict[str, str | None]:
     return out
 
 
-def _slurm() -> dict[str, str] | None:
-    if "SLURM_JOB_ID" not in os.environ:
-        return None
-    keys = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_NODELIST", "SLURM_CPUS_PER_TASK",
-            "SLURM_MEM_PER_NODE", "SLURM_NTASKS", "CUDA_VISIBLE_DEVICES", "SLURM_RESTART_COUNT")  # fmt: skip
-    return {k.removeprefix("SLURM_").lower(): os.environ[k] for k in keys if k in os.environ}
-
-
 def write_manifests(
     step: str,
     params: dict,
@@ -145,7 +138,7 @@ def write_manifests(
         "hpcpipe": {"version": __version__, **_git(src)},
         "libraries": _libraries(),
         "host": platform.node(),
-        "slurm": _slurm(),
+        "slurm": slurm_job(),
         "resources": resources,
         "started": started.isoformat(timespec="seconds"),
         "ended": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -53,6 +53,24 @@ class Allocation:
         return self.memory_bytes / 1e9
 
 
+# What a record of the job keeps (provenance manifests, log lines), named without "SLURM_".
+SLURM_JOB_VARIABLES = (
+    "SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_NODELIST", "SLURM_CPUS_PER_TASK",
+    "SLURM_MEM_PER_NODE", "SLURM_NTASKS", "CUDA_VISIBLE_DEVICES", "SLURM_RESTART_COUNT",
+)  # fmt: skip
+
+
+def slurm_job() -> dict[str, str] | None:
+    """The SLURM job this step runs in (id, partition, nodes, ...), or None outside SLURM."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    return {
+        k.removeprefix("SLURM_").lower(): os.environ[k]
+        for k in SLURM_JOB_VARIABLES
+        if k in os.environ
+    }
+
+
 def _memory_mb(text: str) -> int | None:
     units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
     text = text.strip()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -110,22 +112,24 @@ def test_unsorted_time_is_sorted(tmp_path: Path, raw: xr.Dataset, split: dict):
     assert out.indexes["time"].is_monotonic_increasing
 
 
+def ingest_cli(src: Path, out: Path) -> subprocess.CompletedProcess:
+    """`hpcpipe ingest` with the params the workflow's rule passes (variables and rename only)."""
+    params = json.dumps({"variables": ["t2m", "z500"], "rename": {}})
+    return subprocess.run(
+        ["hpcpipe", "ingest", "--params", params, "--input", str(src), "--output", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
 def test_corrupt_zarr_chunk_names_the_file_and_keeps_no_output(
     tmp_path: Path, raw: xr.Dataset, split: dict
 ):
-    import json
-    import subprocess
-
     src = tmp_path / "src.zarr"
     raw.chunk(time=100).to_zarr(src, zarr_format=2)
     chunk = sorted((src / "z500").glob("[0-9]*"))[1]
     chunk.write_bytes(b"\x00garbage" * 7)
     out = tmp_path / "raw.zarr"
-    params = json.dumps({"variables": ["t2m", "z500"], "rename": {}})
-    proc = subprocess.run(
-        ["hpcpipe", "ingest", "--params", params, "--input", str(src), "--output", str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    proc = ingest_cli(src, out)
     assert proc.returncode == 1
     assert f"{src}: reading the data failed" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".raw.zarr*"))
@@ -133,17 +137,10 @@ def test_corrupt_zarr_chunk_names_the_file_and_keeps_no_output(
 
 def test_cli_ingest_with_the_rules_params(tmp_path: Path, raw: xr.Dataset):
     """The rule passes only variables and rename (split/lags/leads are checked beforehand)."""
-    import json
-    import subprocess
-
     src = tmp_path / "src.nc"
     raw.isel(lat=slice(None, None, -1)).to_netcdf(src)
     out = tmp_path / "raw.zarr"
-    params = json.dumps({"variables": ["t2m", "z500"], "rename": {}})
-    proc = subprocess.run(
-        ["hpcpipe", "ingest", "--params", params, "--input", str(src), "--output", str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    proc = ingest_cli(src, out)
     assert proc.returncode == 0, proc.stderr
     xr.testing.assert_allclose(xr.open_zarr(out)["t2m"], raw["t2m"])
     assert (tmp_path / "raw.zarr.manifest.json").exists()
