@@ -109,8 +109,9 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     p = a.params
     summary = train(
-        a.model, p["model"], p["train"], a.seed, a.features, a.output, a.history, threads=a.threads
-    )
+        a.model, p["model"], p["train"], a.seed, a.features, a.output, a.history,
+        threads=a.threads, checkpoint_dir=a.checkpoints,
+    )  # fmt: skip
     log.info("training done: %s", summary)
 
 
@@ -230,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--output", required=True, help="model.pt")
     p.add_argument("--history", required=True, help="per-epoch metrics CSV")
+    p.add_argument(
+        "--checkpoints",
+        help="checkpoint directory (outside the outputs): resume from it, checkpoint into it",
+    )
     p = step("evaluate", cmd_evaluate, "skill of one trained model against the baselines")
     p.add_argument("--model", required=True)
     p.add_argument("--features", required=True, help="the test split's feature store")
@@ -273,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     logs.setup(args.log)
+    from hpcpipe.checkpoint import TrainingStopped
     from hpcpipe.dask_cluster import dask_runtime
     from hpcpipe.resources import allocation
 
@@ -304,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
                 took,
                 100 * took / max(time.monotonic() - start, 1e-9),
             )
+    except TrainingStopped as exc:
+        # Not a failure of the step but not done either: Snakemake must see it unfinished.
+        log.warning("%s", exc)
+        print(f"hpcpipe {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except Exception as exc:
         # Errors the steps raise on purpose name the file/key/variable: no traceback needed.
         logs.failure(

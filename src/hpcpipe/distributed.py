@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -160,6 +161,10 @@ def threads_per_rank(env: DistEnv, cpus: int) -> int:
     return max(1, cpus // max(1, env.local_world_size))
 
 
+# The host-side (gloo) group for control messages, while a process group exists.
+_CONTROL: dist.ProcessGroup | None = None
+
+
 @contextlib.contextmanager
 def init(
     env: DistEnv, device_type: str = "cpu", timeout_s: float = 600.0
@@ -169,6 +174,7 @@ def init(
     NCCL on CUDA, gloo on CPU. The process group is destroyed on exit, also on error, so a
     failed rank does not leave its peers' sockets or a later group in the same process broken.
     """
+    global _CONTROL
     if device_type == "cuda":
         # Each rank binds one GPU; modulo because SLURM may already show each task only its own.
         device = torch.device("cuda", env.local_rank % max(1, torch.cuda.device_count()))
@@ -184,10 +190,77 @@ def init(
                 world_size=env.world_size,
                 timeout=dt.timedelta(seconds=timeout_s),
             )
+            # Control messages (stop requests) go over gloo on the host: polling them never
+            # waits for the GPU, and they never queue behind DDP's gradient all-reduces.
+            _CONTROL = dist.new_group(backend="gloo")
+            if device.type == "cuda":
+                check_gpu_binding(all_gather_object((socket.gethostname(), _gpu_id(device))))
         yield device
     finally:
+        _CONTROL = None
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _gpu_id(device: torch.device) -> str:
+    props = torch.cuda.get_device_properties(device)
+    return str(getattr(props, "uuid", None) or f"{props.pci_bus_id}")
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
+    if not _active():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_CONTROL)
+    return out
+
+
+def check_gpu_binding(bindings: list[object]) -> None:
+    """Fail when two ranks on one host bound the same GPU: more ranks than GPUs granted."""
+    seen: dict[object, int] = {}
+    for rank_, key in enumerate(bindings):
+        if key in seen:
+            host = key[0] if isinstance(key, tuple) else "?"
+            raise RuntimeError(
+                f"ranks {seen[key]} and {rank_} on {host} share one GPU: more ranks were "
+                "started than GPUs were granted. Set the train rule's `tasks` to at most its "
+                "`gpu` in the profile (one rank per GPU)"
+            )
+        seen[key] = rank_
+
+
+class AnyRank:
+    """Whether any rank raised a flag (a stop request), agreed by all ranks.
+
+    ``poll(flag)`` must be called once per step on every rank. It sends this rank's flag
+    without waiting and returns the agreement on the flags of the previous call: the answer
+    is one step late but identical on every rank, and the step never waits for the network
+    or the GPU. In a single process the flag is returned at once.
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[dist.Work, torch.Tensor] | None = None
+
+    def poll(self, flag: bool) -> bool:
+        if _CONTROL is None:
+            return flag
+        agreed = False
+        if self._pending is not None:
+            work, value = self._pending
+            work.wait()
+            agreed = bool(value.item())
+        value = torch.tensor([int(flag)], dtype=torch.int32)
+        work = dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_CONTROL, async_op=True)
+        assert work is not None
+        self._pending = (work, value)
+        return agreed
+
+    def close(self) -> None:
+        """Finish the outstanding exchange (before the process group goes)."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
 
 
 def _active() -> bool:

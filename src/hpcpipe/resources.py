@@ -141,3 +141,35 @@ def visible_gpus() -> int:
     import glob
 
     return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def slurm_restart_count() -> int:
+    """How often SLURM has requeued this job (0 outside SLURM and on the first run)."""
+    return _int_env("SLURM_RESTART_COUNT") or 0
+
+
+def requeue_job() -> bool:
+    """Ask SLURM to requeue this job: it is stopped now and runs its batch script again.
+
+    True if SLURM accepted (the job must be requeueable: sbatch --requeue, or JobRequeue=1 in
+    slurm.conf); False outside SLURM or when SLURM refused, with its reason in the log.
+    """
+    import logging
+    import subprocess
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return False
+    log = logging.getLogger("hpcpipe.resources")
+    try:
+        proc = subprocess.run(
+            ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not requeue SLURM job %s: %s", job_id, exc)
+        return False
+    if proc.returncode != 0:
+        log.warning("SLURM refused to requeue job %s: %s", job_id, proc.stderr.strip())
+        return False
+    log.info("requeued SLURM job %s: it will resume from the checkpoint", job_id)
+    return True

@@ -4,6 +4,12 @@ The global batch size, learning rate and sample order depend only on the config 
 never on the number of ranks: every rank draws the same seeded permutation per epoch and
 takes its own slice of each global batch; DDP averages the gradients. Rank 0 writes
 ``model.pt`` (the best epoch's weights) and ``history.csv``, both atomically.
+
+With a checkpoint directory, the run checkpoints every ``train.checkpoint_every`` steps and
+when SLURM (or anyone) sends SIGUSR1 or SIGTERM, and a rerun resumes from the newest
+checkpoint with the same result as an uninterrupted run (bitwise on CPU with deterministic
+settings); see :mod:`hpcpipe.checkpoint`. On SIGUSR1 inside a requeueable SLURM job the job
+requeues itself and continues.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import logging
 import math
 import os
 import random
+import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +36,11 @@ from torch import nn
 
 from hpcpipe import distributed
 from hpcpipe.atomic import atomic_path, write_text
+from hpcpipe.checkpoint import CheckpointError, Checkpoints, StopRequest, TrainingStopped
+from hpcpipe.loader import Prefetcher
 from hpcpipe.logs import progress
 from hpcpipe.models import build_model, checkpoint
-from hpcpipe.resources import allocation
+from hpcpipe.resources import allocation, requeue_job, slurm_restart_count
 from hpcpipe.store import decode_str, open_store
 
 log = logging.getLogger("hpcpipe.train")
@@ -47,6 +56,8 @@ MEMORY_FORMAT = torch.channels_last
 
 # On a GPU, features up to this share of its memory live there (no host-device copies).
 ON_GPU_SHARE = 0.25
+# Batches prepared ahead of the step (in a thread) when they come from the host or the store.
+PREFETCH_DEPTH = 2
 
 
 def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -81,6 +92,7 @@ class _Split:
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.wait_s = 0.0  # time the training loop waited for prefetched batches
         if in_memory:
             self.block = self.n
             x = torch.from_numpy(_read(ds["inputs"]))
@@ -96,29 +108,58 @@ class _Split:
         """Where sample indices should live: next to the data."""
         return self.home if self.x is not None else torch.device("cpu")
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and flat targets of the samples ``idx``, on the training device."""
+    @property
+    def prefetch(self) -> bool:
+        """Whether batches are worth preparing in a thread: read from the store, or copied
+        from the host to the GPU. Data already on the training device are indexed in place."""
+        return self.x is None or self.home != self.device
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and flat targets of the samples ``idx`` where they live (pinned for a GPU)."""
         if self.x is not None and self.y is not None:
             x, y = self.x[idx], self.y[idx]  # advanced indexing keeps channels_last
-            return (
-                (x, y) if self.home == self.device else (_to(x, self.device), _to(y, self.device))
-            )
-        chunk = torch.div(idx, self.block, rounding_mode="floor")
-        x = y = None
-        for c in torch.unique(chunk).tolist():
-            sel = (chunk == c).nonzero().squeeze(1)
-            cx, cy = self._chunk(c)
-            local = idx[sel] - c * self.block
-            if x is None or y is None:
-                x = cx.new_empty((len(idx), *cx.shape[1:]))
-                y = cy.new_empty((len(idx), *cy.shape[1:]))
-            x[sel], y[sel] = cx[local], cy[local]
-        assert x is not None and y is not None
-        return _to(x, self.device), _to(y, self.device)
+        else:
+            chunk = torch.div(idx, self.block, rounding_mode="floor")
+            xs = ys = None
+            for c in torch.unique(chunk).tolist():
+                sel = (chunk == c).nonzero().squeeze(1)
+                cx, cy = self._chunk(c)
+                local = idx[sel] - c * self.block
+                if xs is None or ys is None:
+                    xs = cx.new_empty((len(idx), *cx.shape[1:]))
+                    ys = cy.new_empty((len(idx), *cy.shape[1:]))
+                xs[sel], ys[sel] = cx[local], cy[local]
+            assert xs is not None and ys is not None
+            x, y = xs, ys
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x, y = x.pin_memory(), y.pin_memory()  # so that the copy below is asynchronous
+        return x, y
+
+    def to_device(self, xy: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = xy
+        return (x, y) if x.device == self.device else (_to(x, self.device), _to(y, self.device))
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and flat targets of the samples ``idx``, on the training device."""
+        return self.to_device(self.gather(idx))
+
+    def batches(
+        self, indices: Iterable[torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``indices`` on the training device, prepared ahead where it helps."""
+        if not self.prefetch:
+            yield from map(self.batch, indices)
+            return
+        with Prefetcher(indices, self.gather, depth=PREFETCH_DEPTH) as ahead:
+            try:
+                for xy in ahead:
+                    yield self.to_device(xy)
+            finally:
+                self.wait_s += ahead.wait_s
 
     def _chunk(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         if c not in self._cache:
-            if len(self._cache) >= 2:  # a batch spans at most two chunks
+            if len(self._cache) >= 2:  # a batch spans at most two chunks (one thread reads)
                 self._cache.pop(next(iter(self._cache)))
             rows = slice(c * self.block, min(self.n, (c + 1) * self.block))
             x = _read(self._ds["inputs"], rows)
@@ -162,25 +203,42 @@ def _torch_settings(
         torch.use_deterministic_algorithms(old_det)
 
 
-def _scheduler(
-    optimizer: torch.optim.Optimizer, kind: str, epochs: int, steps_per_epoch: int, patience: int
-) -> tuple[Callable[[], None], Callable[[float], None]]:
-    """The LR schedule as two hooks: after each step, and after each epoch (with val loss)."""
-    if kind == "cosine":
-        total = max(1, epochs * steps_per_epoch)  # per step: smooth even over few epochs
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
-        )
-        return sched.step, lambda _val: None
-    if kind == "plateau":
-        # Halve well before early stopping gives up, so the lower LR gets its chance.
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=0.5, patience=max(1, patience // 2)
-        )
-        return lambda: None, plateau.step
-    if kind == "constant":
-        return lambda: None, lambda _val: None
-    raise ValueError(f"train.lr_schedule must be cosine, plateau or constant, got {kind!r}")
+class _Schedule:
+    """The LR schedule as two hooks (after each step; after each epoch, with the validation
+    loss) and its state for checkpoints."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, kind: str, epochs: int, steps: int, patience: int
+    ) -> None:
+        self.kind = kind
+        self.sched: Any = None
+        if kind == "cosine":
+            total = max(1, epochs * steps)  # per step: smooth even over few epochs
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+            )
+        elif kind == "plateau":
+            # Halve well before early stopping gives up, so the lower LR gets its chance.
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=0.5, patience=max(1, patience // 2)
+            )
+        elif kind != "constant":
+            raise ValueError(f"train.lr_schedule must be cosine, plateau or constant, got {kind!r}")
+
+    def after_step(self) -> None:
+        if self.kind == "cosine":
+            self.sched.step()
+
+    def after_epoch(self, val_loss: float) -> None:
+        if self.kind == "plateau":
+            self.sched.step(val_loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sched.state_dict() if self.sched is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.sched is not None:
+            self.sched.load_state_dict(state)
 
 
 def _open_features(features_dir: Path) -> tuple[xr.Dataset, xr.Dataset]:
@@ -220,8 +278,63 @@ def _history_csv(rows: list[dict[str, float]]) -> str:
     return buf.getvalue()
 
 
+def _rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, in a form ``torch.load(weights_only=True)`` reads."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    cuda = state["cuda"]
+    if cuda and torch.cuda.is_initialized() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _precision(train_cfg: dict[str, Any], device: torch.device) -> bool:
+    """Whether to train under bf16 autocast: 'auto' means on GPUs that support it."""
+    kind = str(train_cfg.get("precision", "auto"))
+    if kind not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16, got {kind!r}")
+    if kind == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return kind == "bf16"
+
+
+# Config keys that do not change what is computed: not part of a run's checkpoint identity.
+RUNTIME_KEYS = ("checkpoint_every", "models", "seeds")
+
+
+def run_identity(
+    model_name: str, model_cfg: dict[str, Any], train_cfg: dict[str, Any], seed: int,
+    features_dir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """What a checkpoint must match to be resumed: model, config, seed and the features."""
+    from hpcpipe.provenance import recorded_checksum
+
+    return {
+        "model": model_name,
+        "model_config": dict(model_cfg),
+        "train": {k: v for k, v in train_cfg.items() if k not in RUNTIME_KEYS},
+        "seed": seed,
+        "features": {s: recorded_checksum(features_dir / f"{s}.zarr") for s in ("train", "val")},
+    }
+
+
 class _Loop:
-    """One rank's share of the epochs: its slice of each global batch, its validation shard."""
+    """One rank's share of the epochs: its slice of each global batch, its validation shard.
+
+    ``on_step(epoch, steps_done, loss_total)`` runs after every optimizer step: the hook for
+    checkpoints and stop requests.
+    """
 
     def __init__(
         self,
@@ -233,11 +346,14 @@ class _Loop:
         env: distributed.DistEnv,
         global_batch: int,
         seed: int,
+        bf16: bool = False,
     ) -> None:
         self.net, self.optimizer = net, optimizer
         self.after_step: Callable[[], None] = lambda: None  # the LR schedule's per-step hook
+        self.on_step: Callable[[int, int, torch.Tensor], None] = lambda _e, _s, _t: None
         self.data, self.val, self.weights = data, val, weights
         self.rank, self.world = env.rank, env.world_size
+        self.bf16 = bf16
         self.local_batch = global_batch // self.world
         if self.local_batch < 1:
             raise ValueError(f"{data.n} training samples cannot be split over {self.world} ranks")
@@ -249,28 +365,47 @@ class _Loop:
         self.v0, self.v1 = self.rank * val.n // self.world, (self.rank + 1) * val.n // self.world
 
     def _loss_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Masked MSE summed over the batch. A bf16 torch.autocast would wrap this forward.
-        return ((self.net(x) - y).square() * self.weights).sum()
+        """Masked squared error summed over the batch; the forward in bf16 if asked, the
+        loss always in float32."""
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.net(x)
+        return ((out.float() - y).square() * self.weights).sum()
 
-    def train_epoch(self, epoch: int, what: str) -> float:
-        """One epoch of optimisation; returns the mean training loss over all ranks."""
+    def _indices(self, order: torch.Tensor, first: int) -> Iterator[torch.Tensor]:
+        for step in range(first, self.steps):
+            start = step * self.global_batch + self.rank * self.local_batch
+            yield order[start : start + self.local_batch]
+
+    def train_epoch(
+        self, epoch: int, what: str, first_step: int = 0, total: torch.Tensor | None = None
+    ) -> float:
+        """Steps ``first_step..`` of one epoch; returns the epoch's mean training loss over all
+        ranks. ``total`` is the loss sum of the steps before ``first_step`` (on resume)."""
         data = self.data
         order = torch.from_numpy(_order(data.n, data.block, self.seed, epoch))
         order = order.to(data.index_device)
         self.net.train()
-        total = torch.zeros((), dtype=torch.float64, device=data.device)
-        steps: Iterator[int] = iter(range(self.steps))
+        device = data.device
+        total = (
+            torch.zeros((), dtype=torch.float64, device=device)
+            if total is None
+            else total.to(device, torch.float64)
+        )
+        steps: Iterator[int] = iter(range(first_step, self.steps))
         if self.rank == 0:
             steps = progress(steps, None, what, every_s=30)  # speaks only during long epochs
-        for step in steps:
-            start = step * self.global_batch + self.rank * self.local_batch
-            x, y = data.batch(order[start : start + self.local_batch])
-            loss = self._loss_sum(x, y) / len(x)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.after_step()
-            total += loss.detach()  # stays on the device: no host sync per step
+        batches = data.batches(self._indices(order, first_step))
+        try:
+            for step, (x, y) in zip(steps, batches, strict=False):
+                loss = self._loss_sum(x, y) / len(x)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.after_step()
+                total += loss.detach()  # stays on the device: no host sync per step
+                self.on_step(epoch, step + 1, total)
+        finally:
+            batches.close()  # stops the prefetch thread also when a stop request ends the epoch
         return float(distributed.all_reduce_mean(total)) / self.steps
 
     def evaluate(self) -> float:
@@ -288,6 +423,29 @@ class _Loop:
         return float(total[0] / total[1].clamp(min=1))
 
 
+class _Run:
+    """The state of a training run that is not the model: where it is, what it has seen.
+
+    Together with model, optimizer and schedule this is a checkpoint's content.
+    """
+
+    def __init__(self) -> None:
+        self.epoch, self.step = 1, 0  # the next step to run is ``step`` of ``epoch``
+        self.partial: torch.Tensor | None = None  # loss sum of the epoch's steps so far
+        self.epoch_lr: float | None = None
+        self.epoch_seconds = 0.0
+        self.history: list[dict[str, float]] = []
+        self.best_loss, self.best_epoch, self.bad = math.inf, 0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in vars(self):
+            setattr(self, k, state[k])
+
+
 def train(
     model_name: str,
     model_cfg: dict[str, Any],
@@ -297,11 +455,17 @@ def train(
     model_path: str | Path,
     history_path: str | Path,
     threads: int | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``model_name`` on ``features_dir/{train,val}.zarr``; rank 0 writes the outputs.
 
+    With ``checkpoint_dir``, checkpoints go there (see :mod:`hpcpipe.checkpoint`) and the run
+    resumes from the newest one of the same identity. A stop request (SIGUSR1/SIGTERM) writes
+    a checkpoint and raises :class:`~hpcpipe.checkpoint.TrainingStopped`.
+
     Returns a summary: model, seed, best_epoch, best_val_loss, epochs_run, stopped_early,
-    seconds (wall, from the call), world_size, device.
+    seconds (wall, from the call), world_size, device, resumed_from (epoch, step or None),
+    data_wait (share of the training time spent waiting for batches).
     """
     t_start = time.perf_counter()
     env = distributed.DistEnv.from_environ()
@@ -327,14 +491,20 @@ def train(
     grid = (int(train_ds.sizes["lat"]), int(train_ds.sizes["lon"]))
     epochs, patience = int(train_cfg["epochs"]), int(train_cfg["patience"])
     batch_size = int(train_cfg["batch_size"])
+    every = int(train_cfg.get("checkpoint_every", 0))
     if batch_size < env.world_size:
         raise ValueError(
             f"train.batch_size={batch_size} is smaller than the {env.world_size} ranks"
         )
+    ckpts = None
+    if checkpoint_dir is not None:
+        identity = run_identity(model_name, model_cfg, train_cfg, seed, features_dir)
+        ckpts = Checkpoints(checkpoint_dir, identity)
 
     with (
         _torch_settings(threads_here, seed, deterministic, device_type),
         distributed.init(env, device_type) as device,
+        StopRequest() as stop,
     ):
         data, val = _Split(train_ds, in_memory, device), _Split(val_ds, in_memory, device)
         weights = _masked_weights(np.asarray(train_ds["mask"].values, bool), len(leads), device)
@@ -347,74 +517,152 @@ def train(
         if env.world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if train_cfg.get("compile", False):
+            net = torch.compile(net)  # type: ignore[assignment]
         optimizer = torch.optim.AdamW(
             model.parameters(),
             lr=float(train_cfg["lr"]),
             weight_decay=float(train_cfg.get("weight_decay", 0.0)),
         )
-        loop = _Loop(net, optimizer, data, val, weights, env, min(batch_size, data.n), seed)
+        bf16 = _precision(train_cfg, device)
+        loop = _Loop(net, optimizer, data, val, weights, env, min(batch_size, data.n), seed, bf16)
         if main and loop.global_batch != batch_size:
             log.warning(
                 "global batch %d instead of train.batch_size=%d (%d samples, %d ranks)",
                 loop.global_batch, batch_size, data.n, env.world_size,
             )  # fmt: skip
-        schedule = str(train_cfg.get("lr_schedule", "cosine"))
-        loop.after_step, after_epoch = _scheduler(optimizer, schedule, epochs, loop.steps, patience)
+        schedule = _Schedule(
+            optimizer, str(train_cfg.get("lr_schedule", "cosine")), epochs, loop.steps, patience
+        )
+        loop.after_step = schedule.after_step
+        run = _Run()
+        steps_per_epoch = loop.steps
+        resumed_from = None
+        if ckpts is not None:
+            resumed_from = _resume(ckpts, run, model, optimizer, schedule, device, main)
         if main:
             log.info(
                 "%s seed %d: %d train / %d val samples, %d channels -> %d leads x %d variables "
-                "on %s, %d parameters; %s x %d rank(s), %d thread(s); batch %d, %d steps/epoch",
+                "on %s, %d parameters; %s x %d rank(s), %d thread(s); batch %d, %d steps/epoch; "
+                "%s%s",
                 model_name, seed, data.n, val.n, len(channels), len(leads), len(variables), grid,
                 sum(p.numel() for p in model.parameters()), device, env.world_size,
                 torch.get_num_threads(), loop.global_batch, loop.steps,
+                "bf16 autocast" if bf16 else "fp32", ", compiled" if train_cfg.get("compile") else "",
             )  # fmt: skip
 
-        history: list[dict[str, float]] = []
-        best_loss, best_epoch, best_state, bad = math.inf, 0, None, 0
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            lr = float(optimizer.param_groups[0]["lr"])
-            train_loss = loop.train_epoch(epoch, f"{model_name} epoch {epoch}/{epochs} steps")
-            t_train = time.perf_counter() - t0
-            val_loss = loop.evaluate()
-            after_epoch(val_loss)
-            seconds = time.perf_counter() - t0
-            history.append(
-                dict(zip(HISTORY_COLUMNS, (epoch, train_loss, val_loss, lr, seconds), strict=True))
-            )
-            if not math.isfinite(val_loss):
-                raise FloatingPointError(
-                    f"{model_name} seed {seed}: validation loss {val_loss} at epoch {epoch}; lower train.lr"
-                )
-            improved = best_state is None or val_loss < best_loss - MIN_REL_IMPROVEMENT * best_loss
-            if improved:
-                best_loss, best_epoch, bad = val_loss, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-            if main:
-                log.info(
-                    "%s seed %d epoch %d/%d: train %.5f val %.5f%s lr %.2e (%.0f samples/s, %.2f s)",
-                    model_name, seed, epoch, epochs, train_loss, val_loss, " *" if improved else "",
-                    lr, loop.steps * loop.global_batch / max(t_train, 1e-9), seconds,
-                )  # fmt: skip
-            if bad >= patience:
-                if main:
-                    log.info("early stop: no better validation loss for %d epochs", patience)
-                break
+        def save(epoch: int, step: int, total: torch.Tensor) -> Path | None:
+            """A checkpoint after ``step`` steps of ``epoch`` (collective; rank 0 writes)."""
+            run.epoch, run.step = epoch, step
+            run.partial = distributed.all_reduce_mean(total).cpu()
+            run.epoch_seconds = time.perf_counter() - t_epoch
+            if not main or ckpts is None:
+                return None
+            state = {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": _rng_state(),
+                "run": run.state_dict(),
+                "world_size": env.world_size,
+            }
+            path = ckpts.save(state, (epoch - 1) * steps_per_epoch + step)
+            log.info("checkpoint: epoch %d step %d/%d -> %s", epoch, step, steps_per_epoch, path)
+            return path
 
-        assert best_state is not None
-        model.load_state_dict(best_state)
+        agree = distributed.AnyRank()
+
+        def on_step(epoch: int, step: int, total: torch.Tensor) -> None:
+            stopping = agree.poll(stop.signum is not None)
+            if stopping:
+                signum = stop.signum or signal.SIGTERM  # a peer was asked; this rank was not
+                path = save(epoch, step, total)
+                requeued = main and signum == signal.SIGUSR1 and requeue_job()
+                raise TrainingStopped(signum, path, requeued)
+            if (
+                ckpts is not None
+                and every > 0
+                and ((epoch - 1) * steps_per_epoch + step) % every == 0
+            ):
+                save(epoch, step, total)
+
+        loop.on_step = on_step
+        try:
+            for epoch in range(run.epoch, epochs + 1):
+                first, partial = (run.step, run.partial) if epoch == run.epoch else (0, None)
+                t_epoch = time.perf_counter() - (run.epoch_seconds if first else 0.0)
+                lr = (
+                    run.epoch_lr
+                    if first and run.epoch_lr is not None
+                    else optimizer.param_groups[0]["lr"]
+                )
+                run.epoch, run.step, run.epoch_lr = epoch, 0, float(lr)
+                wait0 = data.wait_s
+                train_loss = loop.train_epoch(
+                    epoch, f"{model_name} epoch {epoch}/{epochs} steps", first, partial
+                )
+                t_train = time.perf_counter() - t_epoch
+                val_loss = loop.evaluate()
+                schedule.after_epoch(val_loss)
+                seconds = time.perf_counter() - t_epoch
+                run.history.append(
+                    dict(
+                        zip(
+                            HISTORY_COLUMNS,
+                            (epoch, train_loss, val_loss, float(lr), seconds),
+                            strict=True,
+                        )
+                    )
+                )
+                if not math.isfinite(val_loss):
+                    raise FloatingPointError(
+                        f"{model_name} seed {seed}: validation loss {val_loss} at epoch {epoch}; lower train.lr"
+                    )
+                improved = (
+                    run.best_state is None
+                    or val_loss < run.best_loss - MIN_REL_IMPROVEMENT * run.best_loss
+                )
+                if improved:
+                    run.best_loss, run.best_epoch, run.bad = val_loss, epoch, 0
+                    run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    run.bad += 1
+                run.epoch, run.step, run.partial, run.epoch_lr, run.epoch_seconds = (
+                    epoch + 1,
+                    0,
+                    None,
+                    None,
+                    0.0,
+                )
+                if main:
+                    log.info(
+                        "%s seed %d epoch %d/%d: train %.5f val %.5f%s lr %.2e "
+                        "(%.0f samples/s, data wait %.1f%%, %.2f s)",
+                        model_name, seed, epoch, epochs, train_loss, val_loss, " *" if improved else "",
+                        lr, (loop.steps - first) * loop.global_batch / max(t_train, 1e-9),
+                        100 * (data.wait_s - wait0) / max(t_train, 1e-9), seconds,
+                    )  # fmt: skip
+                if run.bad >= patience:
+                    if main:
+                        log.info("early stop: no better validation loss for %d epochs", patience)
+                    break
+        finally:
+            agree.close()
+
+        assert run.best_state is not None
+        model.load_state_dict(run.best_state)
         summary = {
             "model": model_name,
             "seed": seed,
-            "best_epoch": best_epoch,
-            "best_val_loss": best_loss,
-            "epochs_run": len(history),
-            "stopped_early": len(history) < epochs,
+            "best_epoch": run.best_epoch,
+            "best_val_loss": run.best_loss,
+            "epochs_run": len(run.history),
+            "stopped_early": len(run.history) < epochs,
             "seconds": 0.0,
             "world_size": env.world_size,
             "device": str(device),
+            "resumed_from": resumed_from,
+            "data_wait": data.wait_s / max(time.perf_counter() - t_start, 1e-9),
         }
         if main:
             meta = {
@@ -423,15 +671,17 @@ def train(
                 "variables": variables,
                 "leads": leads,
                 "grid": list(grid),
-                "epoch": best_epoch,
-                "val_loss": best_loss,
+                "epoch": run.best_epoch,
+                "val_loss": run.best_loss,
                 "train_config": dict(train_cfg),
                 "seed": seed,
             }
-            write_text(history_path, _history_csv(history))
+            write_text(history_path, _history_csv(run.history))
             # The model last: a model.pt always has its history beside it.
             with atomic_path(model_path) as tmp:
                 torch.save(checkpoint(model, model_name, model_cfg, meta), tmp)
+            if ckpts is not None:
+                ckpts.clear()  # the outputs hold the result now
         # DDP's reducer must go before its process group: freed after it, gloo's destructor
         # can wait for ever on its worker threads (seen with 2 CPU ranks under load).
         del loop, net
@@ -440,6 +690,50 @@ def train(
     if main:
         log.info(
             "%s seed %d: best val %.5f at epoch %d of %d, %.1f s; wrote %s",
-            model_name, seed, best_loss, best_epoch, len(history), summary["seconds"], model_path,
+            model_name, seed, run.best_loss, run.best_epoch, len(run.history), summary["seconds"],
+            model_path,
         )  # fmt: skip
     return summary
+
+
+def _resume(
+    ckpts: Checkpoints,
+    run: _Run,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: _Schedule,
+    device: torch.device,
+    main: bool,
+) -> tuple[int, int] | None:
+    """Load the newest checkpoint of this run into everything; (epoch, step) or None."""
+    found = ckpts.load_latest(map_location="cpu")
+    if found is None:
+        restarts = slurm_restart_count()
+        if restarts:
+            raise CheckpointError(
+                f"this SLURM job was requeued (restart {restarts}) to resume training, but "
+                f"{ckpts.dir} holds no checkpoint: was it deleted, or is it on node-local "
+                "storage? Keep .checkpoints on a filesystem all nodes share"
+            )
+        if main:
+            others = ckpts.others()
+            log.info(
+                "no checkpoint of this run in %s: training from scratch%s",
+                ckpts.dir,
+                f" ({len(others)} other run(s) there, for other configs)" if others else "",
+            )
+        return None
+    state, path = found
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    _set_rng_state(state["rng"])
+    run.load_state_dict(state["run"])
+    if run.best_state is not None:
+        run.best_state = {k: v.to(device) for k, v in run.best_state.items()}
+    if main:
+        log.info(
+            "resuming from %s: epoch %d, step %d (written with %d rank(s))",
+            path, run.epoch, run.step, state["world_size"],
+        )  # fmt: skip
+    return run.epoch, run.step
