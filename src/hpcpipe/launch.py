@@ -1,13 +1,16 @@
 """`hpcpipe launch -n N CMD...`: start N ranks of CMD, the same way on a laptop and in SLURM.
 
-- N=1: the command replaces this process (under SLURM the plugin already wrapped the step in
-  `srun -n1`).
-- N>1 inside a SLURM job: `srun -n N CMD` (the profile sets `mpi: srun` so that the plugin
-  does not wrap the step itself; plugin 2.8 allows `mpi` only with tasks >= 2, which is why the
-  rule does not spell `{resources.mpi}` itself).
-- N>1 elsewhere: N local processes with the torchrun variables (RANK, LOCAL_RANK, WORLD_SIZE,
-  MASTER_ADDR, MASTER_PORT), which hpcpipe.distributed reads. If one rank fails, the others
-  are stopped and its exit status is returned.
+- Inside a SLURM job's batch script: `srun -n N CMD`, also for N=1, so that the ranks run in
+  a job step: SLURM's `--signal` (the warning before the time limit) reaches only job steps,
+  never the batch script's processes. The profile sets `mpi: srun` for N>1 so that the plugin
+  does not wrap the step itself (plugin 2.8 allows `mpi` only with tasks >= 2, which is why
+  the rule does not spell `{resources.mpi}` itself).
+- Already inside a job step (the plugin's own `srun -n1`) with N=1: the command replaces this
+  process.
+- Outside SLURM: N=1 replaces this process; N>1 starts N local processes with the torchrun
+  variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), which
+  hpcpipe.distributed reads. If one rank fails, the others are stopped and its exit status
+  is returned; SIGTERM, SIGINT and SIGUSR1 are passed on to every rank.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from hpcpipe.resources import in_job_step, slurm_job
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -29,11 +34,12 @@ def free_port() -> int:
 def launch(n: int, command: list[str]) -> int:
     if not command:
         raise SystemExit("hpcpipe launch: no command given")
-    if n == 1:
-        os.execvp(command[0], command)
-    if "SLURM_JOB_ID" in os.environ:
+    job = slurm_job()
+    if job is not None and not in_job_step():
         srun = ["srun", "--ntasks", str(n), "--kill-on-bad-exit=1", "--export=ALL"]
         os.execvp(srun[0], srun + command)
+    if n == 1:
+        os.execvp(command[0], command)
     port = str(free_port())
     procs = []
     for rank in range(n):

@@ -71,6 +71,11 @@ def slurm_job() -> dict[str, str] | None:
     }
 
 
+def in_job_step() -> bool:
+    """True inside a job step started by srun; False in a batch script or outside SLURM."""
+    return bool(os.environ.get("SLURM_STEP_ID") or os.environ.get("SLURM_STEPID"))
+
+
 def _memory_mb(text: str) -> int | None:
     units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
     text = text.strip()

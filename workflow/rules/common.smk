@@ -61,9 +61,9 @@ def features_params():
 
 
 def train_params(wildcards):
-    return as_json(
-        {"train": config["train"], "model": config["models"][wildcards.model]}
-    )
+    # Without the lists of models and seeds: adding a seed must not retrain the others.
+    train = {k: v for k, v in config["train"].items() if k not in ("models", "seeds")}
+    return as_json({"train": train, "model": config["models"][wildcards.model]})
 
 
 def evaluate_params():

@@ -1,5 +1,7 @@
 # One job per model and seed. The step launches its own ranks with `hpcpipe launch`:
 # local processes on a laptop, `srun -n tasks` in a SLURM job (see hpcpipe/launch.py).
+# Checkpoints live in .checkpoints/, outside the outputs: Snakemake deletes the outputs of a
+# failed job, and a rerun resumes from the checkpoints (hpcpipe/checkpoint.py).
 rule train:
     input:
         train="results/features/train.zarr",
@@ -21,4 +23,5 @@ rule train:
     shell:
         "hpcpipe launch -n {resources.tasks} hpcpipe train --params {params.cfg:q} "
         "--features results/features --model {wildcards.model:q} --seed {wildcards.seed} "
-        "--output {output.model:q} --history {output.history:q} --threads {threads} --log {log:q}"
+        "--output {output.model:q} --history {output.history:q} --threads {threads} --log {log:q} "
+        "--checkpoints .checkpoints/{wildcards.model:q}/{wildcards.seed}"

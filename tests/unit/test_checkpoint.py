@@ -1,0 +1,252 @@
+"""Checkpoints: a killed or stopped training run resumes to exactly the uninterrupted result;
+corrupt, foreign and missing checkpoints are handled as the user would want."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import CNN, TRAIN_CFG, _history
+from trainingdata import make_features
+
+from hpcpipe import distributed
+from hpcpipe.checkpoint import KEEP, CheckpointError, Checkpoints, TrainingStopped
+from hpcpipe.train import run_identity, train
+
+# Long enough to be stopped mid-way (7 steps per epoch), short enough for CI.
+CFG = TRAIN_CFG | {"epochs": 5, "lr_schedule": "cosine", "checkpoint_every": 3}
+
+
+def _train_cmd(features: Path, out: Path, ckpt: Path, cfg: dict = CFG) -> list[str]:
+    params = json.dumps({"train": cfg, "model": CNN})
+    return [
+        sys.executable, "-m", "hpcpipe.cli", "train", "--params", params,
+        "--features", str(features), "--model", "cnn", "--seed", "0", "--threads", "1",
+        "--output", str(out / "model.pt"), "--history", str(out / "history.csv"),
+        "--checkpoints", str(ckpt), "--log", str(out / "train.log"),
+    ]  # fmt: skip
+
+
+def _assert_same_result(a: Path, b: Path) -> None:
+    ma, mb = (torch.load(p / "model.pt", weights_only=True) for p in (a, b))
+    assert ma["epoch"] == mb["epoch"]
+    for k in ma["state_dict"]:
+        assert torch.equal(ma["state_dict"][k], mb["state_dict"][k]), k
+    ha, hb = _history(a / "history.csv"), _history(b / "history.csv")
+    for col in ("epoch", "train_loss", "val_loss", "lr"):
+        assert [r[col] for r in ha] == [r[col] for r in hb], col
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_features(tmp_path_factory.mktemp("features"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_train_cmd(features, out, out / "ckpt"), check=True, timeout=300)
+    assert not (out / "ckpt").exists()  # a finished run removes its checkpoints
+    return out
+
+
+def _start_and_stop(cmd: list[str], ckpt: Path, sig: int) -> subprocess.Popen:
+    """Start training, send ``sig`` once its first checkpoint exists, wait for the exit."""
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 120
+    while not list(ckpt.glob("*/step-*.pt")):
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return proc
+
+
+def test_killed_run_resumes_bitwise(features: Path, uninterrupted: Path, tmp_path: Path) -> None:
+    """SIGKILL (no chance to clean up) mid-training: the rerun continues from the last
+    periodic checkpoint and ends bit for bit where the uninterrupted run ended."""
+    ckpt = tmp_path / "ckpt"
+    proc = _start_and_stop(_train_cmd(features, tmp_path, ckpt), ckpt, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "model.pt").exists()  # killed before the end
+    subprocess.run(_train_cmd(features, tmp_path, ckpt), check=True, timeout=300)
+    assert "resuming from" in (tmp_path / "train.log").read_text()
+    _assert_same_result(uninterrupted, tmp_path)
+    assert not ckpt.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_writes_a_checkpoint_and_resumes_bitwise(
+    features: Path,
+    uninterrupted: Path,
+    tmp_path: Path,
+    sig: int,
+) -> None:
+    """SIGTERM (scancel, time limit) or SIGUSR1 (SLURM's --signal): a checkpoint at the next
+    step, exit 128+signal with a plain message, and the rerun resumes bitwise."""
+    ckpt = tmp_path / "ckpt"
+    cfg = CFG | {"checkpoint_every": 1_000_000}  # only the stop request checkpoints...
+    cmd = _train_cmd(features, tmp_path, ckpt, cfg)
+    proc = subprocess.Popen(cmd)
+    # ... so wait for training to be under way (its log says so), then signal.
+    log = tmp_path / "train.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "steps/epoch" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 128 + sig
+    text = log.read_text()
+    assert f"training stopped by {signal.Signals(sig).name}" in text and "rerun to resume" in text
+    assert not (tmp_path / "model.pt").exists()
+    assert len(list(ckpt.glob("*/step-*.pt"))) == 1
+    subprocess.run(cmd, check=True, timeout=300)
+    _assert_same_result(uninterrupted, tmp_path)
+
+
+def _identity(features: Path, **train_overrides) -> dict:
+    return run_identity("cnn", CNN, CFG | train_overrides, 0, features)
+
+
+def test_corrupt_newest_checkpoint_falls_back(features: Path, tmp_path: Path) -> None:
+    ckpts = Checkpoints(tmp_path, _identity(features))
+    for step in (3, 6, 9):
+        ckpts.save({"step": step}, step)
+    assert [p.name for p in ckpts.files()] == ["step-000000009.pt", "step-000000006.pt"]
+    assert len(ckpts.files()) == KEEP
+    newest = ckpts.files()[0]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
+    state, path = ckpts.load_latest()
+    assert state["step"] == 6 and path.name == "step-000000006.pt"
+    ckpts.files()[1].write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"every checkpoint in .* is unreadable.*Delete"):
+        ckpts.load_latest()
+
+
+def test_checkpoint_of_another_run_is_refused_with_what_differs(
+    features: Path,
+    tmp_path: Path,
+) -> None:
+    theirs = Checkpoints(tmp_path, _identity(features, lr=0.001))
+    theirs.save({"step": 1}, 1)
+    ours = Checkpoints(tmp_path, _identity(features))
+    assert ours.load_latest() is None and ours.others() == [theirs.dir]  # own directory
+    ours.dir.mkdir()
+    theirs.files()[0].rename(ours.dir / "step-000000001.pt")  # copied by hand
+    with pytest.raises(CheckpointError, match=r"different run \(train\.lr: 0\.001 .* 0\.005 now"):
+        ours.load_latest()
+
+
+def test_checkpoint_identity_ignores_only_runtime_keys(features: Path) -> None:
+    base = Checkpoints("x", _identity(features)).key
+    assert Checkpoints("x", _identity(features, checkpoint_every=7)).key == base
+    assert Checkpoints("x", _identity(features, epochs=6)).key != base
+    assert Checkpoints("x", _identity(features, precision="bf16")).key != base
+
+
+def test_requeued_job_without_checkpoint_fails_clearly(
+    features: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(CheckpointError, match=r"requeued \(restart 1\).*holds no checkpoint"):
+        train(
+            "cnn", CNN, CFG, 0, features, tmp_path / "model.pt", tmp_path / "history.csv",
+            threads=1, checkpoint_dir=tmp_path / "ckpt",
+        )  # fmt: skip
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_stop_request_in_process(features: Path, tmp_path: Path) -> None:
+    """The flag a signal sets stops the loop at the next step with TrainingStopped."""
+    from hpcpipe import train as train_module
+
+    real = train_module.StopRequest
+
+    class StopAtOnce(real):  # type: ignore[misc, valid-type]
+        def __enter__(self):
+            super().__enter__()
+            self.signum = signal.SIGTERM
+            return self
+
+    train_module.StopRequest = StopAtOnce
+    try:
+        with pytest.raises(TrainingStopped, match="SIGTERM") as info:
+            train(
+                "cnn", CNN, CFG, 0, features, tmp_path / "model.pt", tmp_path / "history.csv",
+                threads=1, checkpoint_dir=tmp_path / "ckpt",
+            )  # fmt: skip
+    finally:
+        train_module.StopRequest = real
+    assert info.value.checkpoint is not None and info.value.checkpoint.name == "step-000000001.pt"
+    assert not info.value.requeued  # outside SLURM nothing is requeued
+
+
+def test_any_rank_in_one_process_answers_at_once() -> None:
+    agree = distributed.AnyRank()
+    assert agree.poll(False) is False and agree.poll(True) is True
+    agree.close()
+
+
+def test_gpu_binding_check_names_the_shared_gpu() -> None:
+    distributed.check_gpu_binding([("n1", "GPU-a"), ("n1", "GPU-b"), ("n2", "GPU-a")])
+    with pytest.raises(RuntimeError, match=r"ranks 0 and 2 on n1 share one GPU.*tasks"):
+        distributed.check_gpu_binding([("n1", "GPU-a"), ("n1", "GPU-b"), ("n1", "GPU-a")])
+
+
+def test_checkpoint_dir_survives_a_failed_run(features: Path, tmp_path: Path) -> None:
+    """A run that fails after a checkpoint (here: NaN loss) keeps its checkpoints."""
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(FloatingPointError):
+        train(
+            "cnn", CNN, CFG | {"lr": 1e30, "checkpoint_every": 2}, 0, features,
+            tmp_path / "model.pt", tmp_path / "history.csv", threads=1, checkpoint_dir=ckpt,
+        )  # fmt: skip
+    assert list(ckpt.glob("*/step-*.pt")) and not (tmp_path / "model.pt").exists()
+
+
+def test_stop_request_to_one_ddp_rank_stops_both_at_the_same_step(
+    features: Path,
+    uninterrupted: Path,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to rank 1 only: the ranks agree, rank 0 writes one checkpoint, both exit; the
+    rerun with 2 ranks resumes and matches the 1-rank run (same global batch)."""
+    import psutil
+
+    ckpt = tmp_path / "ckpt"
+    cfg = CFG | {"checkpoint_every": 1_000_000}
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpcpipe.cli",
+        "launch",
+        "-n",
+        "2",
+        *_train_cmd(features, tmp_path, ckpt, cfg),
+    ]
+    proc = subprocess.Popen(cmd)
+    log = tmp_path / "train.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "steps/epoch" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children()}
+    ranks[1].send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert len(list(ckpt.glob("*/step-*.pt"))) == 1
+    assert not (tmp_path / "model.pt").exists()
+    subprocess.run(cmd, check=True, timeout=300)
+    assert "resuming from" in log.read_text()
+    a = torch.load(uninterrupted / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
