@@ -13,8 +13,17 @@ Everything (settings, submission) is the upstream plugin's, with its settings sp
   per rule under `srun -n1` (about 2.5 s each, and a group's rules one at a time). Rules that
   launch their own ranks (`mpi`) run the same either way: their shell calls srun.
   `upstream-job-steps` switches back to upstream's way.
+- Retries only where a retry can help: a job that ran out of time or memory, lost its node
+  or was preempted is resubmitted (with attempt-scaled resources); a job that failed with an
+  error (exit status) or was cancelled by someone is not, since the retry would fail the same
+  way or undo the cancellation.
+- A retried group job runs only its members that have not finished: upstream reruns the whole
+  group (`--force`), recomputing steps that completed before the job was killed. Finished
+  members keep their outputs because the profile sets `keep-incomplete` (safe: every hpcpipe
+  output is written atomically, so a killed step leaves nothing under its final name).
 """
 
+import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Optional
@@ -63,7 +72,32 @@ class Executor(SlurmExecutor):
             return super().additional_general_args()
         return "--executor local"
 
+    def format_job_exec(self, job) -> str:
+        command = super().format_job_exec(job)
+        if job.is_group() and job.attempt > 1:
+            # Without --force the job's Snakemake skips the members whose outputs exist.
+            command = command.replace(" --force ", " ", 1)
+        return command
+
     def report_job_error(self, job_info, msg=None, **kwargs):
-        if msg and job_info.job.is_group():
-            self.logger.error(f"Group job {job_info.job.groupid} failed: {msg}")
+        job = job_info.job
+        status = _slurm_status(msg)
+        if status in NOT_WORTH_RETRYING and job.restart_times > job.attempt - 1:
+            job.attempt = job.restart_times + 1  # Snakemake retries while attempts are left
+            msg = f"{msg} Not retried: {NOT_WORTH_RETRYING[status]}."
+        if msg and job.is_group():
+            self.logger.error(f"Group job {job.groupid} failed: {msg}")
         super().report_job_error(job_info, msg=msg, **kwargs)
+
+
+# SLURM states after which a retry would only repeat the failure or undo a decision.
+NOT_WORTH_RETRYING = {
+    "FAILED": "the step exited with an error, which a retry would repeat (see its log)",
+    "CANCELLED": "the job was cancelled (scancel); rerun Snakemake to resume",
+}
+
+
+def _slurm_status(msg: Optional[str]) -> Optional[str]:  # noqa: UP045
+    """The SLURM state in upstream's failure message ("... SLURM status is: 'FAILED'")."""
+    m = re.search(r"SLURM status is: '(\w+)'", msg or "")
+    return m.group(1) if m else None
