@@ -80,3 +80,19 @@ def stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
     if not root.exists():
         return []
     return sorted(p for p in root.rglob(f"*{TMP_MARK}*") if p.name.startswith("."))
+
+
+def remove_leftovers(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries that killed writers of ``path`` left next to it.
+
+    Only one job writes a given output at a time (Snakemake guarantees it), so at the start of
+    a step every temporary sibling of one of its outputs belongs to an earlier, killed run.
+    Returns what was removed.
+    """
+    final = Path(path)
+    if not final.parent.is_dir():
+        return []
+    found = sorted(final.parent.glob(f".{final.name}{TMP_MARK}*"))
+    for p in found:
+        _remove(p)
+    return found

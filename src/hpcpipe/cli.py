@@ -290,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             args.command, alloc.cpus, alloc.memory_gb, alloc.gpus, _where(),
         )  # fmt: skip
         started = datetime.datetime.now(datetime.UTC)
+        inputs, outputs = step_io(args)
+        _remove_leftovers(outputs)
         with dask_runtime(alloc):
             args.func(args)
-        inputs, outputs = step_io(args)
         if outputs:
             from hpcpipe.provenance import write_manifests
             from hpcpipe.store import CHECKSUM_SECONDS
@@ -323,6 +324,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("hpcpipe %s finished in %.1f s", args.command, time.monotonic() - start)
     return 0
+
+
+def _remove_leftovers(outputs: list[str]) -> None:
+    from hpcpipe.atomic import remove_leftovers
+    from hpcpipe.resources import launcher_rank
+
+    if launcher_rank() != 0:  # only rank 0 of a multi-rank step writes outputs
+        return
+    for out in outputs:
+        for p in remove_leftovers(out):
+            log.info("removed %s, a partial output left by a killed run", p)
 
 
 def _where() -> str:

@@ -71,6 +71,16 @@ def slurm_job() -> dict[str, str] | None:
     }
 
 
+def launcher_rank() -> int:
+    """This process's rank as torchrun or srun numbered it (0 alone), without importing torch.
+
+    hpcpipe.distributed maps the full launcher environment; this is for steps that only need
+    to know whether they are rank 0.
+    """
+    rank = _int_env("RANK")  # torchrun's wins: it may run inside a SLURM step
+    return rank if rank is not None else (_int_env("SLURM_PROCID") or 0)
+
+
 def in_job_step() -> bool:
     """True inside a job step started by srun; False in a batch script or outside SLURM."""
     return bool(os.environ.get("SLURM_STEP_ID") or os.environ.get("SLURM_STEPID"))

@@ -48,3 +48,14 @@ def test_killed_writer_leaves_nothing_under_the_final_name(tmp_path: Path):
     subprocess.run([sys.executable, "-c", code], check=False)
     assert not (tmp_path / "x.zarr").exists()
     assert len(stale_temporaries(tmp_path)) == 1
+
+
+def test_remove_leftovers_of_killed_writers(tmp_path: Path) -> None:
+    from hpcpipe.atomic import remove_leftovers
+
+    out = tmp_path / "store.zarr"
+    (tmp_path / ".store.zarr.tmp-123-abcd").mkdir()  # a killed writer's half-written store
+    (tmp_path / ".store.zarr.tmp-123-abcd" / "chunk").write_text("x")
+    (tmp_path / ".other.zarr.tmp-1-ab").mkdir()  # another output's: not ours to touch
+    assert [p.name for p in remove_leftovers(out)] == [".store.zarr.tmp-123-abcd"]
+    assert [p.name for p in tmp_path.iterdir()] == [".other.zarr.tmp-1-ab"]
