@@ -346,7 +346,9 @@ def _where() -> str:
     if job is None:
         return " (local)"
     part = job.get("job_partition", "?")
-    return f" (SLURM job {job['job_id']}, partition {part}, node {os.uname().nodename})"
+    # A requeued job runs again under the same id: say which run this is.
+    again = f", restart {job['restart_count']}" if job.get("restart_count", "0") != "0" else ""
+    return f" (SLURM job {job['job_id']}{again}, partition {part}, node {os.uname().nodename})"
 
 
 def _want_traceback() -> bool:

@@ -149,3 +149,14 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     cluster = SlurmCluster()
     yield cluster
     cluster.cancel_all()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault suite's counts (tests/slurm/test_faults.py), when it ran."""
+    import sys
+
+    faults = sys.modules.get("test_faults")
+    if faults is not None and faults.COUNTS:
+        terminalreporter.section("fault injection")
+        for key, value in faults.COUNTS.items():
+            terminalreporter.write_line(f"{key}: {value}")
