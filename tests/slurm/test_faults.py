@@ -195,7 +195,7 @@ def test_disturbed_pipeline_ends_with_the_undisturbed_metrics(
 
 # Training long enough (about a minute) to outlast the first time-limit warning.
 LONG_TRAINING = {
-    "train": {"models": ["cnn"], "epochs": 100, "patience": 100, "checkpoint_every": 50},
+    "train": {"models": ["cnn"], "epochs": 60, "patience": 60, "checkpoint_every": 50},
     "models": {"cnn": {"channels": 32, "layers": 3}},
 }
 
