@@ -86,7 +86,9 @@ def test_too_few_steps_for_lags_and_leads(tmp_path: Path, raw: xr.Dataset):
         "val": ["2001-01-01", "2001-01-02"],
         "test": ["2001-01-03", "2001-06-30"],
     }
-    with pytest.raises(DatasetError, match="split 'val' has 2 time steps, too few"):
+    with pytest.raises(
+        DatasetError, match=r"split .val. \(preprocess.split.val\) has 2 time steps, too few"
+    ):
         ingest(str(path), params(split))
 
 
