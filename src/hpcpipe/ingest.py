@@ -41,9 +41,13 @@ def open_source(path: str | os.PathLike[str]) -> xr.Dataset:
             return xr.open_zarr(p, chunks={}, decode_times=coder, consolidated=None)
         return xr.open_dataset(p, chunks={}, decode_times=coder)
     except Exception as exc:
+        hint = (
+            "check the units and calendar attributes of its time variable"
+            if "decode" in str(exc)
+            else "a truncated or corrupt file?"
+        )
         raise DatasetError(
-            f"{p}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: {exc}); "
-            "a truncated or corrupt file?"
+            f"{p}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: {exc}); {hint}"
         ) from exc
 
 
