@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 log = logging.getLogger("hpcpipe.ingest")
@@ -193,7 +194,8 @@ def time_step(ds: xr.Dataset, name: str) -> Any:
     if len(steps) != 1:
         raise DatasetError(
             f"{name}: the time step is irregular ({len(steps)} different steps, e.g. "
-            f"{steps[0]} and {steps[-1]}); regrid in time first"
+            f"{pd.Timedelta(steps[0])} and {pd.Timedelta(steps[-1])}); a gap or missing "
+            "time steps? regrid in time first"
         )
     return steps[0]
 
