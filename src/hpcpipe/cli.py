@@ -51,7 +51,7 @@ def cmd_ingest(a: argparse.Namespace) -> None:
     from hpcpipe.ingest import DatasetError, ingest
     from hpcpipe.store import chunk_length
 
-    ds = ingest(a.input, a.params)
+    ds = ingest(a.input if len(a.input) > 1 else a.input[0], a.params)
     per_step = 4 * ds.sizes["lat"] * ds.sizes["lon"] * len(ds.data_vars)
     chunks = {
         "time": chunk_length(ds.sizes["time"], per_step),
@@ -63,7 +63,7 @@ def cmd_ingest(a: argparse.Namespace) -> None:
     except Exception as exc:
         # The data are read only now, chunk by chunk: name the file that failed to read.
         raise DatasetError(
-            f"{a.input}: reading the data failed ({type(exc).__name__}: {exc}); "
+            f"{', '.join(a.input)}: reading the data failed ({type(exc).__name__}: {exc}); "
             "a corrupt chunk or a truncated file?"
         ) from exc
 
@@ -140,7 +140,7 @@ def step_io(a: argparse.Namespace) -> tuple[list[str], list[str]]:
     if c == "generate":
         return [], [a.output]
     if c == "ingest":
-        return [a.input], [a.output]
+        return list(a.input), [a.output]
     if c == "preprocess":
         return [a.input], [a.output, a.stats]
     if c in ("thresholds",):
@@ -182,8 +182,16 @@ def cmd_provenance(a: argparse.Namespace) -> None:
 def cmd_check_config(a: argparse.Namespace) -> None:
     from hpcpipe.config import load
 
-    load(a.config)
-    print(f"{a.config}: valid")
+    config = load(a.config, *a.overlays)
+    names = " + ".join([a.config, *a.overlays])
+    if config["dataset"]["source"] == "file":
+        # The same check the workflow makes before it starts: can the data serve the config?
+        from hpcpipe.ingest import check_config_against_file
+
+        counts = check_config_against_file(config)
+        print(f"{names}: valid; samples per split {counts}")
+        return
+    print(f"{names}: valid")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = step("generate", cmd_generate, "generate the built-in dataset")
     p.add_argument("--output", required=True)
     p = step("ingest", cmd_ingest, "ingest a CF NetCDF/Zarr dataset")
-    p.add_argument("--input", required=True)
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="a NetCDF file or Zarr store, or several in time order",
+    )
     p.add_argument("--output", required=True)
     p = step("preprocess", cmd_preprocess, "climatology, anomalies, normalisation, split")
     p.add_argument("--input", required=True)
@@ -256,8 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--check", action="store_true", help="verify every checksum along the chain")
     p.set_defaults(func=cmd_provenance, log=None, threads=None)
-    p = sub.add_parser("check-config", help="validate a config file against the schema")
+    p = sub.add_parser(
+        "check-config",
+        help="validate a config file (and overlays, later ones win) and the dataset it names",
+    )
     p.add_argument("config")
+    p.add_argument("overlays", nargs="*", help="overlays, as in snakemake --configfile A B")
     p.set_defaults(func=cmd_check_config, log=None, threads=None)
     return parser
 

@@ -53,6 +53,14 @@ def _describe(err: jsonschema.ValidationError) -> str:
     where = _key(err.absolute_path)
     if err.validator == "additionalProperties":
         return f"{where}: {err.message} (schema rule: additionalProperties — check the spelling)"
+    if err.validator in ("pattern", "oneOf") and "allowed" in err.schema:
+        # Names that end up in store paths and commands, and keys of several forms: say in
+        # words what they may be (a regex or a list of sub-schemas tells a user little).
+        # For a key of a mapping (ingest.rename) the instance is the key itself.
+        return (
+            f"{where}: {err.instance!r} is not allowed: {err.schema['allowed']} "
+            f"(schema rule: {err.validator})"
+        )
     return f"{where}: {err.message} (schema rule: {err.validator})"
 
 
@@ -96,8 +104,12 @@ def _cross_key_problems(c: dict) -> Iterator[str]:
         path = c["ingest"]["path"]
         if not path:
             problems.append("ingest.path: required when dataset.source is 'file'")
-        elif not Path(path).exists():
-            problems.append(f"ingest.path: {path!r} does not exist")
+        else:
+            paths = [path] if isinstance(path, str) else path
+            for i, p in enumerate(paths):
+                key = "ingest.path" if isinstance(path, str) else f"ingest.path[{i}]"
+                if not Path(p).exists():
+                    problems.append(f"{key}: {p!r} does not exist")
     periods: dict[str, tuple[dt.date, dt.date]] = {}
     for name, (start, end) in c["preprocess"]["split"].items():
         a = _date(start, f"preprocess.split.{name}[0]", problems)
@@ -147,9 +159,27 @@ def _cross_key_problems(c: dict) -> Iterator[str]:
     yield from problems
 
 
-def load(path: str | Path) -> dict:
-    """Read and validate a config file (used by `hpcpipe check-config` and tests)."""
-    p = Path(path)
+def load(path: str | Path, *overlays: str | Path) -> dict:
+    """Read and validate a config file, with overlays that win key by key like Snakemake's
+    ``--configfile A B`` (used by `hpcpipe check-config` and tests)."""
+    config = _read(Path(path))
+    for overlay in overlays:
+        _merge(config, _read(Path(overlay)))
+    names = " + ".join(map(str, (path, *overlays)))
+    return validate(config, source=names)
+
+
+def _merge(base: dict, new: dict) -> dict:
+    """Snakemake's config update: nested mappings merge, everything else is replaced."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _read(p: Path) -> dict:
     try:
         with open(p) as f:
             config = yaml.safe_load(f) or {}
@@ -159,7 +189,7 @@ def load(path: str | Path) -> dict:
         raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
     if not isinstance(config, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys")
-    return validate(config, source=str(p))
+    return config
 
 
 def as_json(obj: Any) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 log = logging.getLogger("hpcpipe.ingest")
@@ -28,15 +29,81 @@ def open_source(path: str | os.PathLike[str]) -> xr.Dataset:
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"{p}: no such file or directory (ingest.path)")
+    if p.is_file() and p.stat().st_size == 0:
+        raise DatasetError(f"{p}: the file is empty (0 bytes); an interrupted download or copy?")
+    if p.is_file() and p.suffix != ".zarr" and not _has_netcdf_signature(p):
+        raise DatasetError(
+            f"{p}: not a NetCDF file (it starts with neither the NetCDF nor the HDF5 "
+            "signature); ingest.path takes NetCDF files (.nc) and Zarr stores (.zarr)"
+        )
     coder = xr.coders.CFDatetimeCoder(use_cftime=None)  # cftime only where numpy cannot
     try:
         if p.is_dir() or p.suffix == ".zarr":
             return xr.open_zarr(p, chunks={}, decode_times=coder, consolidated=None)
         return xr.open_dataset(p, chunks={}, decode_times=coder)
     except Exception as exc:
+        hint = (
+            "check the units and calendar attributes of its time variable"
+            if "decode" in str(exc)
+            else "a truncated or corrupt file?"
+        )
         raise DatasetError(
-            f"{p}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: {exc})"
+            f"{p}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: {exc}); {hint}"
         ) from exc
+
+
+# NetCDF classic and 64-bit offset files start with b"CDF"; NetCDF-4 files are HDF5.
+_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+
+
+def _has_netcdf_signature(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head.startswith(_SIGNATURES)
+
+
+def as_paths(path: str | os.PathLike[str] | list[str]) -> list[str]:
+    """ingest.path as a list: one file or store, or several in time order (e.g. yearly files)."""
+    return [str(path)] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
+
+
+def open_canonical(
+    path: str | os.PathLike[str] | list[str], variables: list[str], rename: dict[str, str]
+) -> tuple[xr.Dataset, str]:
+    """Open, canonicalise and (for several files) join along time; return it and its name.
+
+    Each file is checked on its own first, so that an error names the file at fault.
+    """
+    paths = as_paths(path)
+    parts = [canonicalise(open_source(p), variables, rename, p) for p in paths]
+    if len(parts) == 1:
+        return parts[0], paths[0]
+    return _join(parts, paths), f"{paths[0]} (and {len(paths) - 1} more files)"
+
+
+def calendar(ds: xr.Dataset) -> str:
+    """The CF calendar of the time axis; numpy datetimes are the standard calendar."""
+    times = ds.indexes["time"]
+    return times.calendar if isinstance(times, xr.CFTimeIndex) else "standard"
+
+
+def _join(parts: list[xr.Dataset], paths: list[str]) -> xr.Dataset:
+    first = parts[0]
+    for part, p in zip(parts[1:], paths[1:], strict=True):
+        if calendar(part) != calendar(first):
+            raise DatasetError(
+                f"{p}: time is in the {calendar(part)!r} calendar but {paths[0]} is in the "
+                f"{calendar(first)!r} calendar; the files of ingest.path must share one calendar"
+            )
+        for dim in ("lat", "lon"):
+            if part.sizes[dim] != first.sizes[dim] or not np.allclose(part[dim], first[dim]):
+                raise DatasetError(
+                    f"{p}: its {dim} grid differs from that of {paths[0]}; the files of "
+                    "ingest.path must share one grid"
+                )
+    joined = xr.concat(parts, dim="time", coords="minimal", compat="override", join="override")
+    joined.attrs = {"source": ", ".join(paths)}
+    return _normalise_coords(joined, f"{paths[0]} (and {len(paths) - 1} more files)")
 
 
 def canonicalise(
@@ -127,7 +194,8 @@ def time_step(ds: xr.Dataset, name: str) -> Any:
     if len(steps) != 1:
         raise DatasetError(
             f"{name}: the time step is irregular ({len(steps)} different steps, e.g. "
-            f"{steps[0]} and {steps[-1]}); regrid in time first"
+            f"{pd.Timedelta(steps[0])} and {pd.Timedelta(steps[-1])}); a gap or missing "
+            "time steps? regrid in time first"
         )
     return steps[0]
 
@@ -179,25 +247,28 @@ def check_serves(
         counts[part] = max(0, hi - lo)
         if counts[part] < 1:
             raise DatasetError(
-                f"{name}: split {part!r} has {i1 - i0} time steps, too few for lags {lags} and "
-                f"leads {leads} (need more than {max(leads)} steps after the first usable one)"
+                f"{name}: split {part!r} (preprocess.split.{part}) has {i1 - i0} time steps, "
+                f"too few for features.lags {lags} and features.leads {leads} (need more than "
+                f"{max(leads)} steps after the first usable one)"
             )
     for v in variables:
         first = ds[v].isel(time=slice(0, min(ds.sizes["time"], 8))).values
         if not np.isfinite(first).any():
-            raise DatasetError(f"{name}: variable {v!r} is all NaN in its first time steps")
+            raise DatasetError(
+                f"{name}: variable {v!r} is all NaN in its first time steps (dataset.variables)"
+            )
     return counts
 
 
-def ingest(path: str, params: dict[str, Any]) -> xr.Dataset:
+def ingest(path: str | list[str], params: dict[str, Any]) -> xr.Dataset:
     """Open, canonicalise and check an external dataset (lazy; the CLI writes it).
 
-    The split, lags and leads are checked when given (by hand); the workflow checks them
-    before it starts and leaves them out of the rule's params, so that changing them does not
-    ingest the data again.
+    ``path`` is one file or store, or several in time order (ingest.path as a list). The
+    split, lags and leads are checked when given (by hand); the workflow checks them before
+    it starts and leaves them out of the rule's params, so that changing them does not ingest
+    the data again.
     """
-    name = str(path)
-    ds = canonicalise(open_source(path), params["variables"], params.get("rename", {}), name)
+    ds, name = open_canonical(path, params["variables"], params.get("rename", {}))
     time_step(ds, name)
     if "split" in params:
         counts = check_serves(
@@ -208,20 +279,11 @@ def ingest(path: str, params: dict[str, Any]) -> xr.Dataset:
 
 
 def check_config_against_file(config: dict) -> dict[str, int]:
-    """Before any job runs: can the configured file serve the split, lags and leads?
+    """Before any job runs: can the configured file(s) serve the split, lags and leads?
 
     Reads metadata and the first time steps only, so it is cheap even for large stores.
     """
-    path = config["ingest"]["path"]
-    ds = canonicalise(
-        open_source(path), config["dataset"]["variables"], config["ingest"]["rename"], str(path)
-    )
+    variables = config["dataset"]["variables"]
+    ds, name = open_canonical(config["ingest"]["path"], variables, config["ingest"]["rename"])
     f = config["features"]
-    return check_serves(
-        ds,
-        config["dataset"]["variables"],
-        config["preprocess"]["split"],
-        f["lags"],
-        f["leads"],
-        str(path),
-    )
+    return check_serves(ds, variables, config["preprocess"]["split"], f["lags"], f["leads"], name)

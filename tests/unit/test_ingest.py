@@ -86,7 +86,9 @@ def test_too_few_steps_for_lags_and_leads(tmp_path: Path, raw: xr.Dataset):
         "val": ["2001-01-01", "2001-01-02"],
         "test": ["2001-01-03", "2001-06-30"],
     }
-    with pytest.raises(DatasetError, match="split 'val' has 2 time steps, too few"):
+    with pytest.raises(
+        DatasetError, match=r"split .val. \(preprocess.split.val\) has 2 time steps, too few"
+    ):
         ingest(str(path), params(split))
 
 
@@ -144,3 +146,12 @@ def test_cli_ingest_with_the_rules_params(tmp_path: Path, raw: xr.Dataset):
     assert proc.returncode == 0, proc.stderr
     xr.testing.assert_allclose(xr.open_zarr(out)["t2m"], raw["t2m"])
     assert (tmp_path / "raw.zarr.manifest.json").exists()
+
+
+def test_yearly_files_are_joined_in_time(tmp_path: Path, raw: xr.Dataset, split: dict):
+    """ingest.path as a list (ERA5 comes in yearly files), given out of order: sorted."""
+    files = [tmp_path / "y2001.nc", tmp_path / "y2000.nc"]
+    raw.isel(time=slice(366, None)).to_netcdf(files[0])
+    raw.isel(time=slice(0, 366)).to_netcdf(files[1])
+    out = ingest([str(f) for f in files], params(split))
+    xr.testing.assert_allclose(out["z500"].load(), raw["z500"])

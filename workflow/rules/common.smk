@@ -17,6 +17,15 @@ MODELS = config["train"]["models"]
 SEEDS = config["train"]["seeds"]
 VARIABLES = config["dataset"]["variables"]
 
+
+# Wildcards become paths and command-line arguments: a target asked for on the command line
+# (snakemake 'results/eval/<anything>/0/metrics.json') must not smuggle in a path separator
+# or shell characters. The config's own values pass the same rules in the schema.
+wildcard_constraints:
+    model=r"[A-Za-z_][A-Za-z0-9_]*",
+    seed=r"[0-9]+",
+
+
 # Resource tiers (like nf-core labels): one place for sizes. Memory and runtime grow
 # with each retry (attempt), so a job killed for lack of either gets more next time.
 TIERS = {

@@ -44,7 +44,7 @@ rule evaluate:
     shell:
         "hpcpipe evaluate --params {params.cfg:q} --model {input.model:q} "
         "--features {input.features:q} --preprocessed {input.preprocessed:q} "
-        "--thresholds {input.thresholds:q} --output-dir results/eval/{wildcards.model}/{wildcards.seed} "
+        "--thresholds {input.thresholds:q} --output-dir results/eval/{wildcards.model:q}/{wildcards.seed:q} "
         "--threads {threads} --log {log:q}"
 
 

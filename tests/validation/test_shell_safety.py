@@ -1,0 +1,122 @@
+"""No value from the config, the data or the command line reaches a shell unquoted, and every
+step writes under the workflow's own directories.
+
+Names that become paths or arguments (variables, models, renames) are refused by the schema
+(the corpus shows it); free text (report.title) and paths (ingest.path) are allowed and must
+arrive quoted. Each test uses a sentinel file that any executed command would create.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import yaml
+from testdata import SPLIT, make_raw
+from workdir import make_workdir, snakemake
+
+pytestmark = pytest.mark.workflow
+
+# Every way a shell could be made to run `touch SENTINEL`.
+ATTACKS = "$(touch {s}) `touch {s}`; touch {s} | touch {s} && touch {s} '\" > {s}.redirect\nx"
+WORKFLOW_DIRS = ("data", "results", "logs")
+
+
+def attack(sentinel: Path) -> str:
+    return ATTACKS.format(s=sentinel)
+
+
+def assert_nothing_ran(where: Path) -> None:
+    assert not list(where.glob("pwned*")), list(where.glob("pwned*"))
+
+
+def test_a_title_with_shell_characters_is_passed_quoted(pipeline_run: Path, tmp_path: Path):
+    wd = tmp_path / "wd"
+    shutil.copytree(pipeline_run, wd, symlinks=True)
+    overlay = tmp_path / "title.yaml"
+    overlay.write_text(yaml.safe_dump({"report": {"title": attack(tmp_path / "pwned")}}))
+    proc = snakemake(wd, "--configfile", "config/config.yaml", str(overlay))
+    assert "rule summary:" in proc.stdout + proc.stderr  # the step did run with that title
+    assert_nothing_ran(tmp_path)
+
+
+def test_input_paths_with_shell_characters_are_passed_quoted(tmp_path: Path):
+    """Two yearly files (ingest.path as a list) whose names would each run a command."""
+    data = tmp_path / "my data"
+    data.mkdir()
+    raw = make_raw()
+    files = [data / "y2000 $(touch pwned).nc", data / "y2001;touch pwned`touch pwned`.nc"]
+    raw.isel(time=slice(0, 366)).to_netcdf(files[0])
+    raw.isel(time=slice(366, None)).to_netcdf(files[1])
+    overlay = {
+        "dataset": {"source": "file"},
+        "ingest": {"path": [str(f) for f in files]},
+        "preprocess": {"split": SPLIT},
+    }
+    wd = make_workdir(tmp_path / "wd", overlay)
+    snakemake(wd, "data/raw.zarr")  # the ingest step only
+    for where in (wd, data, tmp_path):
+        assert_nothing_ran(where)
+    xr.testing.assert_allclose(xr.open_zarr(wd / "data" / "raw.zarr")["t2m"].load(), raw["t2m"])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "results/eval/cnn;touch pwned/0/metrics.json",
+        "results/models/$(touch pwned)/0/model.pt",
+        "results/eval/cnn/0`touch pwned`/metrics.json",
+        "results/eval/../../outside/0/metrics.json",
+    ],
+    ids=["semicolon", "command-substitution", "backticks", "parent-dir"],
+)
+def test_targets_with_shell_characters_match_no_rule(tmp_path: Path, target: str):
+    """Wildcards come from the command line too: their constraints refuse such values."""
+    wd = make_workdir(tmp_path)
+    proc = snakemake(wd, target, check=False)
+    assert proc.returncode != 0
+    assert "No rule to produce" in proc.stdout + proc.stderr
+    assert_nothing_ran(wd)
+    assert not (wd / "results").exists()
+
+
+def test_every_step_writes_under_the_workflow_directories(pipeline_run: Path):
+    """Every output and log of every job lies under data/, results/ or logs/, without '..'."""
+    proc = snakemake(pipeline_run, "-n", "--forceall")
+    written = []
+    for line in proc.stdout.splitlines():
+        key, _, value = line.strip().partition(": ")
+        if key in ("output", "log"):
+            written += [p.strip() for p in value.split(",")]
+    assert len(written) > 20, proc.stdout[-2000:]
+    for path in written:
+        parts = Path(path).parts
+        assert not Path(path).is_absolute() and ".." not in parts, path
+        assert parts[0] in WORKFLOW_DIRS, path
+
+
+def test_steps_quote_every_value_in_their_shell_commands():
+    """An audit that stays true: in the rules' shell commands every {value} is quoted (:q),
+    except numbers Snakemake itself makes (threads, resources) and constrained wildcards."""
+    root = Path(__file__).resolve().parents[2]
+    unquoted_ok = {"threads", "resources.tasks", "wildcards.seed"}
+    found = []
+    for smk in (root / "workflow" / "rules").glob("*.smk"):
+        for field in re.findall(r"\{([^{}]+)\}", _shell_strings(smk.read_text())):
+            if not field.endswith(":q") and field not in unquoted_ok:
+                found.append(f"{smk.name}: {{{field}}}")
+    assert not found, found
+
+
+def _shell_strings(text: str) -> str:
+    """The string literals of every `shell:` directive of a rules file."""
+    out = []
+    for block in re.split(r"\n\s*shell:\s*\n", text)[1:]:
+        for line in block.splitlines():
+            if not line.strip().startswith('"'):
+                break
+            out.append(line)
+    return "\n".join(out)
