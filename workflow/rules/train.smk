@@ -22,6 +22,6 @@ rule train:
         cfg=train_params,
     shell:
         "hpcpipe launch -n {resources.tasks} hpcpipe train --params {params.cfg:q} "
-        "--features results/features --model {wildcards.model:q} --seed {wildcards.seed} "
+        "--features results/features --model {wildcards.model:q} --seed {wildcards.seed:q} "
         "--output {output.model:q} --history {output.history:q} --threads {threads} --log {log:q} "
-        "--checkpoints .checkpoints/{wildcards.model:q}/{wildcards.seed}"
+        "--checkpoints .checkpoints/{wildcards.model:q}/{wildcards.seed:q}"
