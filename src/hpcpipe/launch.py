@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from hpcpipe.resources import in_job_step, slurm_job
+from hpcpipe.resources import in_job_step, slurm_job, visible_gpus
 
 
 def free_port() -> int:
@@ -40,6 +40,14 @@ def launch(n: int, command: list[str]) -> int:
         os.execvp(srun[0], srun + command)
     if n == 1:
         os.execvp(command[0], command)
+    gpus = visible_gpus()
+    if 0 < gpus < n:
+        # Two ranks on one GPU run out of its memory or fail in NCCL: say so before starting.
+        raise SystemExit(
+            f"hpcpipe launch: {n} ranks but only {gpus} GPU(s) visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+            f"start at most {gpus} ranks, one per GPU"
+        )
     port = str(free_port())
     procs = []
     for rank in range(n):

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from validation.corpus import CONFIG_CASES, DATASET_CASES, Case
+from validation.corpus import CONFIG_CASES, DATASET_CASES, SNAKEMAKE_CASES, Case
 from validation.runner import WORKERS, Outcome, run_case, snapshot
 
 
@@ -36,27 +36,33 @@ def corpus_run(
             shutil.copytree(baseline, workdir, symlinks=True)
         return run_case(case, cases_dir / case.id, workdir)
 
-    cases = CONFIG_CASES + DATASET_CASES
+    cases = SNAKEMAKE_CASES
     with ThreadPoolExecutor(min(WORKERS, (os.cpu_count() or 1) + 1)) as pool:
         outcomes = {o.case.id: o for o in pool.map(run, cases)}
     return outcomes, before
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The corpus in figures: cases per kind and how many gave a named error."""
-    named = "test_snakemake_stops_with_a_named_error"
-    passed = {
-        r.nodeid.split("[", 1)[1].rstrip("]")
-        for r in terminalreporter.stats.get("passed", [])
-        if named in r.nodeid and r.when == "call"
-    }
-    if not any(named in r.nodeid for v in terminalreporter.stats.values() for r in v
-               if hasattr(r, "nodeid")):  # fmt: skip
+    """The corpus in figures: cases per kind and how many gave a named error, and where."""
+
+    def passed(test: str) -> set[str]:
+        return {
+            r.nodeid.split("[", 1)[1].rstrip("]")
+            for r in terminalreporter.stats.get("passed", [])
+            if f"::{test}[" in r.nodeid and r.when == "call"
+        }
+
+    by_check_config = passed("test_check_config_names_the_problem")
+    by_snakemake = passed("test_snakemake_stops_with_a_named_error")
+    if not by_check_config and not by_snakemake:
         return
-    lines = []
-    for kind, cases in (("config", CONFIG_CASES), ("dataset", DATASET_CASES)):
-        ok = sum(f"{kind}-{c.id}" in passed for c in cases)
-        lines.append(f"{kind} cases: {len(cases)}, named error from snakemake: {ok}/{len(cases)}")
     terminalreporter.write_sep("-", "validation corpus")
-    for line in lines:
-        terminalreporter.write_line(line)
+    for kind, cases in (("config", CONFIG_CASES), ("dataset", DATASET_CASES)):
+        checked = [c for c in cases if c.before_jobs]
+        ok = sum(c.id in by_check_config for c in checked)
+        run = [c for c in cases if c in SNAKEMAKE_CASES]
+        ok_run = sum(f"{kind}-{c.id}" in by_snakemake for c in run)
+        terminalreporter.write_line(
+            f"{kind} cases: {len(cases)}; named error before any job: {ok}/{len(checked)} "
+            f"(check-config); through snakemake: {ok_run}/{len(run)}"
+        )

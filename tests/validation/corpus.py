@@ -302,3 +302,9 @@ ACCEPTED_CASES: list[Case] = [
     netcdf_case("unsorted_times", lambda ds: ds.isel(time=np.r_[5:548, 0:5]),
                 "time is not sorted; sorting it"),
 ]  # fmt: skip
+
+# Every case goes through `hpcpipe check-config` (in-process: the checks the Snakefile runs,
+# nearly free); a third of them, and every case that only a job can find, also through
+# `snakemake` (a 3-s start each) to show how the user meets the error there.
+ALL_CASES = CONFIG_CASES + DATASET_CASES
+SNAKEMAKE_CASES = [c for i, c in enumerate(ALL_CASES) if i % 3 == 0 or not c.before_jobs]

@@ -12,15 +12,23 @@ import re
 from pathlib import Path
 
 import pytest
-from validation.corpus import ACCEPTED_CASES, CONFIG_CASES, DATASET_CASES, Case
+from validation.corpus import (
+    ACCEPTED_CASES,
+    ALL_CASES,
+    CONFIG_CASES,
+    DATASET_CASES,
+    SNAKEMAKE_CASES,
+    Case,
+)
 from validation.runner import GUARDED, Outcome, snapshot, write_overlay
 
 from hpcpipe import cli
 
 pytestmark = pytest.mark.workflow
 
-CASES = [pytest.param(c, id=f"config-{c.id}") for c in CONFIG_CASES] + [
-    pytest.param(c, id=f"dataset-{c.id}") for c in DATASET_CASES
+CASES = [
+    pytest.param(c, id=f"{'config' if c in CONFIG_CASES else 'dataset'}-{c.id}")
+    for c in SNAKEMAKE_CASES
 ]
 # Snakemake announces every job it starts with a line "rule <name>:" or "localrule <name>:".
 JOB_STARTED = re.compile(r"^(local)?rule \w+:", re.MULTILINE)
@@ -69,18 +77,20 @@ def test_a_failing_ingest_job_leaves_the_results_alone(
     assert JOB_STARTED.search(out.output) and "rule ingest:" in out.output
 
 
-@pytest.mark.parametrize("case", [c.values[0] for c in CASES if c.values[0].before_jobs],
-                         ids=lambda c: c.id)  # fmt: skip
-def test_check_config_names_the_same_problem(
-    case: Case, corpus_run: tuple[dict, dict], baseline: Path, capsys: pytest.CaptureFixture
+@pytest.mark.parametrize("case", [c for c in ALL_CASES if c.before_jobs], ids=lambda c: c.id)
+def test_check_config_names_the_problem(
+    case: Case, baseline: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ):
-    out: Outcome = corpus_run[0][case.id]
-    code = cli.main(["check-config", str(baseline / "config" / "config.yaml"), str(out.overlay)])
+    """Every case, through the checks the Snakefile runs before any job (in-process)."""
+    where = tmp_path / case.id
+    overlay = write_overlay(case, where)
+    code = cli.main(["check-config", str(baseline / "config" / "config.yaml"), str(overlay)])
     err = capsys.readouterr().err
     assert code == 1
-    for words in case.expected(out.where):
+    for words in case.expected(where):
         assert words in err, f"{words!r} not in the message:\n{err}"
     assert "Traceback" not in err
+    assert not (where / "pwned").exists()
 
 
 @pytest.mark.parametrize("case", ACCEPTED_CASES, ids=lambda c: c.id)
