@@ -648,6 +648,10 @@ def train(
                     break
         finally:
             agree.close()
+            # DDP's reducer must go before its process group, also when a stop request or an
+            # error ends training: freed after it, gloo's destructor can wait for ever.
+            loop.net = net = model
+            gc.collect()
 
         assert run.best_state is not None
         model.load_state_dict(run.best_state)
@@ -682,10 +686,7 @@ def train(
                 torch.save(checkpoint(model, model_name, model_cfg, meta), tmp)
             if ckpts is not None:
                 ckpts.clear()  # the outputs hold the result now
-        # DDP's reducer must go before its process group: freed after it, gloo's destructor
-        # can wait for ever on its worker threads (seen with 2 CPU ranks under load).
         del loop, net
-        gc.collect()
     summary["seconds"] = time.perf_counter() - t_start
     if main:
         log.info(
