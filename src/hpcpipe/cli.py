@@ -29,9 +29,9 @@ def _params(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--params is not valid JSON: {exc}") from exc
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--params must be a JSON object")
+        raise argparse.ArgumentTypeError("must be a JSON object")
     return value
 
 
@@ -204,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--params", type=_params, default={}, help="the step's config section, as JSON"
         )
+        p.add_argument(
+            "--dask",
+            type=_params,
+            default={},
+            help="the config's runtime section `dask` as JSON (mode, address, jobqueue, ...); "
+            "HPCPIPE_DASK_* variables override it",
+        )
         return p
 
     p = step("generate", cmd_generate, "generate the built-in dataset")
@@ -273,18 +280,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     logs.setup(args.log)
-    from hpcpipe.dask_cluster import dask_runtime
+    from hpcpipe.dask_cluster import DaskSettings, dask_runtime, serve_allocation_worker
     from hpcpipe.resources import allocation
 
     start = time.monotonic()
     try:
         alloc = allocation(args.threads)
+        settings = DaskSettings.from_config(args.dask)
+        if serve_allocation_worker(settings, alloc):
+            # A worker rank of a multi-task step: rank 0 runs the step and writes its outputs.
+            log.info("hpcpipe %s: worker rank done", args.command)
+            return 0
         log.info(
             "hpcpipe %s: %d CPUs, %.1f GB, %d GPUs%s",
             args.command, alloc.cpus, alloc.memory_gb, alloc.gpus, _where(),
         )  # fmt: skip
         started = datetime.datetime.now(datetime.UTC)
-        with dask_runtime(alloc):
+        with dask_runtime(alloc, settings):
             args.func(args)
         inputs, outputs = step_io(args)
         if outputs:

@@ -13,6 +13,11 @@ except ValueError as exc:  # ConfigError, DatasetError
     raise WorkflowError(str(exc)) from None
 
 
+# The Dask runtime of the array steps (the config's runtime section `dask`, see the schema).
+# Passed on their command line, never in params: changing the mode or the cluster reruns
+# nothing, because the results do not depend on it.
+DASK = as_json(config["dask"])
+
 MODELS = config["train"]["models"]
 SEEDS = config["train"]["seeds"]
 VARIABLES = config["dataset"]["variables"]
