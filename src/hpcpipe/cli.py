@@ -207,9 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--dask",
             type=_params,
-            default={},
+            default=None,
             help="the config's runtime section `dask` as JSON (mode, address, jobqueue, ...); "
-            "HPCPIPE_DASK_* variables override it",
+            "default: $HPCPIPE_DASK, which the workflow sets; HPCPIPE_DASK_MODE and the other "
+            "HPCPIPE_DASK_* variables override single keys",
         )
         return p
 
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     try:
         alloc = allocation(args.threads)
-        settings = DaskSettings.from_config(args.dask)
+        settings = DaskSettings.from_config(_dask_section(args.dask))
         if serve_allocation_worker(settings, alloc):
             # A worker rank of a multi-task step: rank 0 runs the step and writes its outputs.
             log.info("hpcpipe %s: worker rank done", args.command)
@@ -324,6 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("hpcpipe %s finished in %.1f s", args.command, time.monotonic() - start)
     return 0
+
+
+def _dask_section(given: dict[str, Any] | None) -> dict[str, Any]:
+    """The dask section: --dask, else $HPCPIPE_DASK (set by the workflow from the config)."""
+    import os
+
+    if given is not None:
+        return given
+    text = os.environ.get("HPCPIPE_DASK", "").strip()
+    return _params(text) if text else {}
 
 
 def _where() -> str:

@@ -1,4 +1,6 @@
 # Shared helpers: config validation, the params each step depends on, resource tiers.
+import os
+
 from hpcpipe.config import as_json, validate
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
@@ -13,10 +15,10 @@ except ValueError as exc:  # ConfigError, DatasetError
     raise WorkflowError(str(exc)) from None
 
 
-# The Dask runtime of the array steps (the config's runtime section `dask`, see the schema).
-# Passed on their command line, never in params: changing the mode or the cluster reruns
-# nothing, because the results do not depend on it.
-DASK = as_json(config["dask"])
+# The Dask runtime of the array steps (the config's runtime section `dask`, see the schema)
+# reaches them through the environment, which jobs inherit (SLURM jobs too), never through
+# params: changing the mode or the cluster reruns nothing, the results do not depend on it.
+os.environ["HPCPIPE_DASK"] = as_json(config.get("dask", {}))
 
 MODELS = config["train"]["models"]
 SEEDS = config["train"]["seeds"]

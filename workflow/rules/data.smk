@@ -16,7 +16,7 @@ if config["dataset"]["source"] == "builtin":
             cfg=data_params(),
         shell:
             "hpcpipe generate --params {params.cfg:q} --output {output:q} "
-            "--dask {DASK:q} --threads {threads} --log {log:q}"
+            "--threads {threads} --log {log:q}"
 
 else:
 
@@ -37,4 +37,4 @@ else:
             cfg=data_params(),
         shell:
             "hpcpipe ingest --params {params.cfg:q} --input {input:q} --output {output:q} "
-            "--dask {DASK:q} --threads {threads} --log {log:q}"
+            "--threads {threads} --log {log:q}"

@@ -17,5 +17,4 @@ rule features:
         cfg=features_params(),
     shell:
         "hpcpipe features --params {params.cfg:q} --input {input:q} --train {output.train:q} "
-        "--val {output.val:q} --test {output.test:q} --dask {DASK:q} --threads {threads} "
-        "--log {log:q}"
+        "--val {output.val:q} --test {output.test:q} --threads {threads} --log {log:q}"

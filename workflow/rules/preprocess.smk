@@ -16,8 +16,7 @@ rule preprocess:
         cfg=preprocess_params(),
     shell:
         "hpcpipe preprocess --params {params.cfg:q} --input {input:q} "
-        "--output {output.store:q} --stats {output.stats:q} --dask {DASK:q} --threads {threads} "
-        "--log {log:q}"
+        "--output {output.store:q} --stats {output.stats:q} --threads {threads} --log {log:q}"
 
 
 rule thresholds:
@@ -37,4 +36,4 @@ rule thresholds:
         cfg=thresholds_params(),
     shell:
         "hpcpipe thresholds --params {params.cfg:q} --input {input:q} --output {output:q} "
-        "--dask {DASK:q} --threads {threads} --log {log:q}"
+        "--threads {threads} --log {log:q}"
