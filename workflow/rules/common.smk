@@ -18,7 +18,8 @@ except ValueError as exc:  # ConfigError, DatasetError
 # The Dask runtime of the array steps (the config's runtime section `dask`, see the schema)
 # reaches them through the environment, which jobs inherit (SLURM jobs too), never through
 # params: changing the mode or the cluster reruns nothing, the results do not depend on it.
-os.environ["HPCPIPE_DASK"] = as_json(config.get("dask", {}))
+# (Set here, never read: a SLURM job parses this file again and sets it from the same config.)
+os.environ.update(HPCPIPE_DASK=as_json(config.get("dask", {})))
 
 MODELS = config["train"]["models"]
 SEEDS = config["train"]["seeds"]
