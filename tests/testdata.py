@@ -45,3 +45,34 @@ def make_raw(
         },
         coords={"time": time, "lat": lat, "lon": lon},
     )
+
+
+def _lazy_block(block: np.ndarray, seed: int, n_lat: int, n_lon: int) -> np.ndarray:
+    """One time block of lazy_raw: a seasonal cycle plus noise, seeded by the block's start."""
+    t = block[:, 0, 0]
+    rng = np.random.default_rng([seed, int(t[0])])
+    season = np.sin(2 * np.pi * t / 365.25)[:, None, None]
+    noise = rng.standard_normal((len(t), n_lat, n_lon), dtype=np.float32)
+    return (280 + 10 * season + noise).astype(np.float32)
+
+
+def lazy_raw(
+    n_days: int, n_lat: int = 32, n_lon: int = 64, chunk_days: int = 512, seed: int = 0
+) -> xr.Dataset:
+    """A (time, lat, lon) dataset of any size, built chunk by chunk with Dask (never in memory)."""
+    import dask.array as da
+
+    steps = da.arange(n_days, chunks=chunk_days, dtype=np.float64)[:, None, None]
+    shape = (n_days, n_lat, n_lon)
+    steps = da.broadcast_to(steps, shape, chunks=(chunk_days, n_lat, n_lon))
+    fields = {
+        name: steps.map_blocks(_lazy_block, seed + i, n_lat, n_lon, dtype=np.float32)
+        for i, name in enumerate(("t2m", "z500"))
+    }
+    time = pd.date_range("1900-01-01", periods=n_days, freq="D")
+    lat = -90 + (np.arange(n_lat) + 0.5) * 180 / n_lat
+    lon = np.arange(n_lon) * 360 / n_lon
+    return xr.Dataset(
+        {k: (("time", "lat", "lon"), v, {"units": "1"}) for k, v in fields.items()},
+        coords={"time": time, "lat": lat, "lon": lon},
+    )

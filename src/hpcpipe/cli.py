@@ -29,9 +29,9 @@ def _params(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--params is not valid JSON: {exc}") from exc
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--params must be a JSON object")
+        raise argparse.ArgumentTypeError("must be a JSON object")
     return value
 
 
@@ -213,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--params", type=_params, default={}, help="the step's config section, as JSON"
         )
+        p.add_argument(
+            "--dask",
+            type=_params,
+            default=None,
+            help="the config's runtime section `dask` as JSON (mode, address, jobqueue, ...); "
+            "default: $HPCPIPE_DASK, which the workflow sets; HPCPIPE_DASK_MODE and the other "
+            "HPCPIPE_DASK_* variables override single keys",
+        )
         return p
 
     p = step("generate", cmd_generate, "generate the built-in dataset")
@@ -296,12 +304,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logs.setup(args.log)
     from hpcpipe.checkpoint import TrainingStopped
-    from hpcpipe.dask_cluster import dask_runtime
+    from hpcpipe.dask_cluster import DaskSettings, dask_runtime, serve_allocation_worker
     from hpcpipe.resources import allocation
 
     start = time.monotonic()
     try:
         alloc = allocation(args.threads)
+        settings = DaskSettings.from_config(_dask_section(args.dask))
+        if serve_allocation_worker(settings, alloc):
+            # A worker rank of a multi-task step: rank 0 runs the step and writes its outputs.
+            log.info("hpcpipe %s: worker rank done", args.command)
+            return 0
         log.info(
             "hpcpipe %s: %d CPUs, %.1f GB, %d GPUs%s",
             args.command, alloc.cpus, alloc.memory_gb, alloc.gpus, _where(),
@@ -309,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         started = datetime.datetime.now(datetime.UTC)
         inputs, outputs = step_io(args)
         _remove_leftovers(outputs)
-        with dask_runtime(alloc):
+        with dask_runtime(alloc, settings):
             args.func(args)
         if outputs:
             from hpcpipe.provenance import write_manifests
@@ -352,6 +365,16 @@ def _remove_leftovers(outputs: list[str]) -> None:
     for out in outputs:
         for p in remove_leftovers(out):
             log.info("removed %s, a partial output left by a killed run", p)
+
+
+def _dask_section(given: dict[str, Any] | None) -> dict[str, Any]:
+    """The dask section: --dask, else $HPCPIPE_DASK (set by the workflow from the config)."""
+    import os
+
+    if given is not None:
+        return given
+    text = os.environ.get("HPCPIPE_DASK", "").strip()
+    return _params(text) if text else {}
 
 
 def _where() -> str:

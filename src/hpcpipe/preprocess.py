@@ -32,15 +32,43 @@ def period_index(time: xr.DataArray, kind: str) -> tuple[np.ndarray, int]:
 
 
 def _period_sums(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
-    """Sums and counts of finite values per period for one time block: (2, n, ...)."""
+    """Sums and counts of finite values per period for one time block: (2, n, ...).
+
+    Period by period, so a task holds the block plus one period's rows in float64, never a
+    float64 copy of the whole block (the sums are the same, added in the same order).
+    """
     out = np.zeros((2, n, *x.shape[1:]), dtype=np.float64)
-    finite = np.isfinite(x)
-    xz = np.where(finite, x, 0.0)
-    for p in np.unique(idx):  # a block spans < 1 year, so these are few
-        sel = idx == p
-        out[0, p] = xz[sel].sum(axis=0)
-        out[1, p] = finite[sel].sum(axis=0)
+    for p in np.unique(idx):
+        rows = x[idx == p]
+        finite = np.isfinite(rows)
+        out[0, p] = np.where(finite, rows, 0.0).sum(axis=0)
+        out[1, p] = finite.sum(axis=0)
     return out
+
+
+def _add(*parts: np.ndarray) -> np.ndarray:
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+def tree_sum(parts: list[Any], split_every: int = 4) -> Any:
+    """Sum of delayed arrays as a tree of small additions, in a fixed order.
+
+    Memory stays bounded (a task holds ``split_every`` parts, never all of them), and the
+    order of the additions is set by the list alone, so results do not depend on the number
+    of workers or on which part finishes first.
+    """
+    if not parts:
+        raise ValueError("nothing to sum")
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(_add)(*parts[i : i + split_every]) if len(parts[i : i + split_every]) > 1
+            else parts[i]
+            for i in range(0, len(parts), split_every)
+        ]  # fmt: skip
+    return parts[0]
 
 
 def _circular_smooth(a: np.ndarray, window: int) -> np.ndarray:
@@ -67,7 +95,7 @@ def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
         dask.delayed(_period_sums)(blk, i, n)
         for blk, i in zip(data.to_delayed().ravel(), idx_d.to_delayed().ravel(), strict=True)
     ]
-    total = dask.delayed(sum)(parts).compute()
+    total = tree_sum(parts).compute()
     sums, counts = total[0], total[1]
     if kind == "dayofyear":
         sums, counts = _circular_smooth(sums, window), _circular_smooth(counts, window)
@@ -91,11 +119,22 @@ def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
     )
 
 
+# Time steps per slice of an anomaly block: the float64 temporaries of a slice stay a few MB
+# however large the block (the values are the same as for the whole block at once).
+SLICE_BYTES = 8 * 2**20
+
+
 def _normalised_anomaly(
     x: np.ndarray, idx: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray
 ) -> np.ndarray:
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    return ((x - clim[idx] - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
+    m, s = mean.reshape(shape), std.reshape(shape)
+    out = np.empty(x.shape, dtype=np.float32)
+    step = max(1, SLICE_BYTES // max(1, 8 * x[:1].size))
+    for t in range(0, x.shape[0], step):
+        sl = slice(t, t + step)
+        out[sl] = (x[sl] - clim[idx[sl]] - m) / s
+    return out
 
 
 def anomalies(
@@ -112,6 +151,24 @@ def anomalies(
         concatenate=True, dtype=np.float32,
     )  # fmt: skip
     return xr.DataArray(out, dims=x.dims, coords=x.coords)
+
+
+def _moments(a: np.ndarray) -> np.ndarray:
+    """Count, sum and sum of squares of the finite values per variable (axis 1) of one block.
+
+    In float64 and over slices of the block, so the temporaries stay a few MB: (3, n_vars).
+    """
+    out = np.zeros((3, a.shape[1]), dtype=np.float64)
+    axes = (0, *range(2, a.ndim))
+    step = max(1, SLICE_BYTES // max(1, 8 * a[:1].size))
+    for t in range(0, a.shape[0], step):
+        s = a[t : t + step].astype(np.float64)
+        finite = np.isfinite(s)
+        s[~finite] = 0.0
+        out[0] += finite.sum(axis=axes)
+        out[1] += s.sum(axis=axes)
+        out[2] += (s * s).sum(axis=axes)
+    return out
 
 
 def _quantile_block(x: np.ndarray, q: float) -> np.ndarray:
@@ -148,10 +205,10 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
 
     zero, one = np.zeros(len(variables)), np.ones(len(variables))
     raw_anom = anomalies(train, clim, zero, one).data
-    mean, sq = dask.compute(
-        da.nanmean(raw_anom, axis=(0, 2, 3)),
-        da.nanmean(raw_anom.astype(np.float64) ** 2, axis=(0, 2, 3)),
-    )
+    parts = [dask.delayed(_moments)(blk) for blk in raw_anom.to_delayed().ravel()]
+    count, total, total_sq = tree_sum(parts).compute()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean, sq = total / count, total_sq / count
     std = np.sqrt(np.maximum(sq - mean**2, 0.0))
     bad = [v for v, s in zip(variables, std, strict=True) if not np.isfinite(s) or s == 0]
     if bad:

@@ -188,3 +188,25 @@ def requeue_job() -> bool:
         return False
     log.info("requeued SLURM job %s: it will resume from the checkpoint", job_id)
     return True
+
+
+def _tasks_on_this_node() -> int:
+    """Tasks of this srun step on this node, from SLURM's "2(x3),1" per-node list."""
+    spec = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE", "")
+    counts: list[int] = []
+    for part in spec.split(","):
+        num, _, rep = part.partition("(x")
+        if num.strip().isdigit():
+            counts += [int(num)] * (int(rep.rstrip(")")) if rep.rstrip(")").isdigit() else 1)
+    node = _int_env("SLURM_NODEID") or 0
+    return counts[node] if node < len(counts) else 1
+
+
+def memory_per_task(alloc: Allocation) -> int:
+    """Bytes one task of a multi-task step may use: the node's memory shared by its tasks.
+
+    With --mem-per-cpu the allocation is already per task (memory per CPU x CPUs per task).
+    """
+    if not alloc.in_slurm or _int_env("SLURM_MEM_PER_CPU"):
+        return alloc.memory_bytes
+    return alloc.memory_bytes // max(1, _tasks_on_this_node())

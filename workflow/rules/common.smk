@@ -1,4 +1,6 @@
 # Shared helpers: config validation, the params each step depends on, resource tiers.
+import os
+
 from hpcpipe.config import as_json, validate
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
@@ -12,6 +14,12 @@ try:
 except ValueError as exc:  # ConfigError, DatasetError
     raise WorkflowError(str(exc)) from None
 
+
+# The Dask runtime of the array steps (the config's runtime section `dask`, see the schema)
+# reaches them through the environment, which jobs inherit (SLURM jobs too), never through
+# params: changing the mode or the cluster reruns nothing, the results do not depend on it.
+# (Set here, never read: a SLURM job parses this file again and sets it from the same config.)
+os.environ.update(HPCPIPE_DASK=as_json(config.get("dask", {})))
 
 MODELS = config["train"]["models"]
 SEEDS = config["train"]["seeds"]
