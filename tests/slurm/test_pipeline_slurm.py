@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -116,41 +115,3 @@ def test_unknown_partition_fails_at_submission_with_slurms_message(slurm_cluster
     assert "invalid partition" in out.lower(), out[-3000:]  # sbatch's own words
     assert time.monotonic() - start < 120  # an error, not a hang
     assert not (wd / "data" / "raw.zarr").exists()
-
-
-def test_a_cancelled_job_fails_with_its_reason_and_keeps_no_partial_output(
-    slurm_cluster, tmp_path: Path
-):
-    wd = make_workdir(tmp_path / "wd", {"train": {"epochs": 300, "patience": 300}})
-    profile = slurm_profile(tmp_path / "profile", retries=0, **{"keep-going": False})
-    proc = subprocess.Popen(
-        ["snakemake", "--profile", str(profile), "--until", "train"],
-        cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        log, job_id = wait_for_training(wd, timeout=300)
-        slurm_cluster.run(["scancel", job_id])
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode != 0
-    assert f"SLURM-job '{job_id}' failed" in out and "CANCELLED" in out, out[-3000:]
-    model_dir = wd / "results" / "models" / log.parent.name / "0"
-    assert not (model_dir / "model.pt").exists() and not (model_dir / "history.csv").exists()
-    # the rerun plans that training again (and never trusts a partial output)
-    assert "train" in snakemake(wd, "-n", "--until", "train").stdout
-
-
-def wait_for_training(wd: Path, timeout: float) -> tuple[Path, str]:
-    """The log of a training job that has finished at least one epoch, and its SLURM job id."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for log in (wd / "logs" / "train").glob("*/0.log"):
-            text = log.read_text()
-            m = JOB_LINE.search(text)
-            if m and "epoch 1/" in text:
-                return log, m.group(1)
-        time.sleep(0.5)
-    raise AssertionError("no training job reached its first epoch")
