@@ -11,6 +11,14 @@ SPLIT = {
     "val": ["2001-01-01", "2001-03-31"],
     "test": ["2001-04-01", "2001-06-30"],
 }
+# The preprocess step's params for make_raw(): daily climatology, SPLIT.
+PREPROCESS_PARAMS = {
+    "variables": ["t2m", "z500"],
+    "coarsen": 1,
+    "climatology": "dayofyear",
+    "climatology_window": 31,
+    "split": SPLIT,
+}
 
 
 def make_raw(

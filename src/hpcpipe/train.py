@@ -686,7 +686,6 @@ def train(
                 torch.save(checkpoint(model, model_name, model_cfg, meta), tmp)
             if ckpts is not None:
                 ckpts.clear()  # the outputs hold the result now
-        del loop, net
     summary["seconds"] = time.perf_counter() - t_start
     if main:
         log.info(

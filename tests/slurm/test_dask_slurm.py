@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from testdata import SPLIT, make_raw
+from testdata import PREPROCESS_PARAMS as PARAMS
+from testdata import make_raw
 
 from hpcpipe import preprocess as pp
 from hpcpipe.dask_cluster import DaskSettings, JobqueueSettings, dask_runtime
@@ -23,14 +24,6 @@ from hpcpipe.resources import Allocation
 from hpcpipe.store import open_store, write_store
 
 pytestmark = pytest.mark.slurm
-
-PARAMS = {
-    "variables": ["t2m", "z500"],
-    "coarsen": 1,
-    "climatology": "dayofyear",
-    "climatology_window": 31,
-    "split": SPLIT,
-}
 
 
 @pytest.fixture

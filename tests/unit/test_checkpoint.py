@@ -69,6 +69,16 @@ def _start_and_stop(cmd: list[str], ckpt: Path, sig: int) -> subprocess.Popen:
     return proc
 
 
+def _start_training(cmd: list[str], log: Path) -> tuple[subprocess.Popen, Path]:
+    """Start ``cmd`` and return once its log says training is under way."""
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "steps/epoch" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    return proc, log
+
+
 def test_killed_run_resumes_bitwise(features: Path, uninterrupted: Path, tmp_path: Path) -> None:
     """SIGKILL (no chance to clean up) mid-training: the rerun continues from the last
     periodic checkpoint and ends bit for bit where the uninterrupted run ended."""
@@ -94,13 +104,8 @@ def test_signal_writes_a_checkpoint_and_resumes_bitwise(
     ckpt = tmp_path / "ckpt"
     cfg = CFG | {"checkpoint_every": 1_000_000}  # only the stop request checkpoints...
     cmd = _train_cmd(features, tmp_path, ckpt, cfg)
-    proc = subprocess.Popen(cmd)
     # ... so wait for training to be under way (its log says so), then signal.
-    log = tmp_path / "train.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "steps/epoch" in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    proc, log = _start_training(cmd, tmp_path / "train.log")
     proc.send_signal(sig)
     assert proc.wait(timeout=120) == 128 + sig
     text = log.read_text()
@@ -233,12 +238,7 @@ def test_stop_request_to_one_ddp_rank_stops_both_at_the_same_step(
         "2",
         *_train_cmd(features, tmp_path, ckpt, cfg),
     ]
-    proc = subprocess.Popen(cmd)
-    log = tmp_path / "train.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "steps/epoch" in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
+    proc, log = _start_training(cmd, tmp_path / "train.log")
     ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children()}
     ranks[1].send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM

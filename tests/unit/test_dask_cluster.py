@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from testdata import PREPROCESS_PARAMS as PARAMS
 from testdata import SPLIT, lazy_raw, make_raw
 
 from hpcpipe import preprocess as pp
@@ -29,13 +30,6 @@ from hpcpipe.dask_cluster import (
 from hpcpipe.resources import Allocation
 from hpcpipe.store import open_store, write_store
 
-PARAMS = {
-    "variables": ["t2m", "z500"],
-    "coarsen": 1,
-    "climatology": "dayofyear",
-    "climatology_window": 31,
-    "split": SPLIT,
-}
 ALLOC = Allocation(cpus=2, memory_bytes=2 * 2**30, gpus=0, in_slurm=False)
 
 
