@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log)
     from hpcpipe.checkpoint import TrainingStopped
     from hpcpipe.dask_cluster import DaskSettings, dask_runtime, serve_allocation_worker
-    from hpcpipe.resources import allocation
+    from hpcpipe.resources import allocation, launcher_rank
 
     start = time.monotonic()
     try:
@@ -321,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         started = datetime.datetime.now(datetime.UTC)
         inputs, outputs = step_io(args)
+        if launcher_rank() != 0:  # only rank 0 of a multi-rank step writes outputs and manifests
+            outputs = []
         _remove_leftovers(outputs)
         with dask_runtime(alloc, settings):
             args.func(args)
@@ -358,10 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _remove_leftovers(outputs: list[str]) -> None:
     from hpcpipe.atomic import remove_leftovers
-    from hpcpipe.resources import launcher_rank
 
-    if launcher_rank() != 0:  # only rank 0 of a multi-rank step writes outputs
-        return
     for out in outputs:
         for p in remove_leftovers(out):
             log.info("removed %s, a partial output left by a killed run", p)
