@@ -54,6 +54,9 @@ ENV = {
 # Share of a worker's memory that Dask may fill; the rest is the process's own overhead and
 # the client's share in local mode.
 MEMORY_FRACTION = 0.8
+# A Dask worker process uses about 140 MB of its own; below this limit it pauses at its
+# threshold before holding any data and waits for ever instead of failing.
+MIN_WORKER_MEMORY = 256 * 2**20
 
 
 class DaskClusterError(RuntimeError):
@@ -166,6 +169,15 @@ def _fail(mode: str, cause: str, exc: BaseException | None = None) -> DaskCluste
     return DaskClusterError(f"dask mode {mode!r}: {cause}{detail}")
 
 
+def _check_worker_memory(mode: str, per_worker: int, workers: str, fix: str) -> None:
+    if per_worker < MIN_WORKER_MEMORY:
+        raise _fail(
+            mode,
+            f"{workers} would get {per_worker / 2**20:.0f} MB each, under the "
+            f"{MIN_WORKER_MEMORY / 2**20:.0f} MB a Dask worker needs for itself; {fix}",
+        )
+
+
 def _log_dashboard(client: Any, what: str) -> None:
     try:
         info = client.scheduler_info(n_workers=-1)  # all workers, not the first five
@@ -186,6 +198,10 @@ def _local(alloc: Allocation, settings: DaskSettings) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     per_worker = int(alloc.memory_bytes * MEMORY_FRACTION / alloc.cpus)
+    _check_worker_memory(
+        "local", per_worker, f"{alloc.cpus} workers",
+        "give the step more memory (its mem_mb) or fewer CPUs",
+    )  # fmt: skip
     try:
         cluster = LocalCluster(
             n_workers=alloc.cpus, threads_per_worker=1, memory_limit=per_worker,
@@ -276,6 +292,10 @@ def serve_allocation_worker(settings: DaskSettings, alloc: Allocation) -> bool:
 
     path = scheduler_file_for(settings, env)
     memory = int(memory_per_task(alloc) * MEMORY_FRACTION)
+    _check_worker_memory(
+        "allocation", memory, f"worker rank {env.rank}",
+        "give the step more memory per task (its mem_mb or mem_mb_per_cpu)",
+    )  # fmt: skip
     log.info(
         "dask: worker rank %d/%d, %d threads, %.1f GB, scheduler file %s",
         env.rank, env.world_size, alloc.cpus, memory / 1e9, path,
@@ -395,6 +415,14 @@ def slurm_cluster_kwargs(settings: DaskSettings) -> dict[str, Any]:
 @contextlib.contextmanager
 def _jobqueue(alloc: Allocation, settings: DaskSettings) -> Iterator[Any]:
     jq = settings.jobqueue
+    try:
+        per_worker = dask.utils.parse_bytes(jq.memory) // max(jq.processes, 1)
+    except ValueError:
+        raise _fail("jobqueue", f"dask.jobqueue.memory {jq.memory!r} is not a size") from None
+    _check_worker_memory(
+        "jobqueue", int(per_worker * MEMORY_FRACTION), f"{jq.processes} worker(s) per job",
+        "raise dask.jobqueue.memory or lower dask.jobqueue.processes",
+    )  # fmt: skip
     missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]
     if missing:
         raise _fail("jobqueue", f"SLURM command(s) {missing} not found on PATH (no SLURM here?)")

@@ -254,3 +254,17 @@ def _split(n_days: int) -> dict[str, list[str]]:
         "val": [day(i + 1), day(j)],
         "test": [day(j + 1), day(n_days - 1)],
     }
+
+
+def test_workers_too_small_to_run_fail_instead_of_pausing():
+    """A worker limit near a worker's own footprint would pause for ever: fail, naming why."""
+    tiny = Allocation(cpus=2, memory_bytes=300 * 2**20, gpus=0, in_slurm=False)
+    few = DaskSettings(mode="jobqueue", jobqueue=JobqueueSettings(memory="600MB", processes=4))
+    bad = DaskSettings(mode="jobqueue", jobqueue=JobqueueSettings(memory="lots"))
+    for alloc, settings, match in [
+        (tiny, "local", r"mode 'local'.*2 workers would get 120 MB"),
+        (ALLOC, few, r"mode 'jobqueue'.*raise dask\.jobqueue\.memory"),
+        (ALLOC, bad, r"dask\.jobqueue\.memory 'lots' is not a size"),
+    ]:
+        with pytest.raises(DaskClusterError, match=match), dask_runtime(alloc, settings):
+            pass
