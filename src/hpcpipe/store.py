@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from numcodecs import Blosc
 from zarr.storage import LocalStore
 
 from hpcpipe.atomic import atomic_path
@@ -27,6 +28,19 @@ TARGET_CHUNK_BYTES = 128 * 2**20
 # (under MIN_CHUNK_BYTES, like the default dataset) stay one chunk.
 MIN_CHUNK_BYTES = 32 * 2**20
 MIN_CHUNKS = 64
+# Blosc lz4 with byte shuffle (zarr-python 2's default) for numeric arrays: on float32 fields it
+# writes about 4x and reads about 1.5x faster than zarr 3's Zstd default, and compresses as well
+# or better (scripts/bench dask measures the store's throughput).
+COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
+
+
+def encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """The Zarr encoding of every numeric variable of ``ds`` (strings keep zarr's own)."""
+    return {
+        name: {"compressors": [COMPRESSOR]}
+        for name, var in ds.variables.items()
+        if var.dtype.kind in "biufc"
+    }
 
 
 class StoreError(RuntimeError):
@@ -118,7 +132,10 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike[str], chunks: dict[str, 
         var.encoding = {}
     with atomic_path(path) as tmp:
         store = ChecksumStore(tmp)
-        ds.to_zarr(store, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=True)
+        ds.to_zarr(
+            store, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=True,
+            encoding=encoding(ds),
+        )  # fmt: skip
     WRITTEN[os.path.abspath(path)] = combine_checksums(store.crcs)
 
 
