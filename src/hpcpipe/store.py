@@ -127,15 +127,20 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike[str], chunks: dict[str, 
     """
     # Dims not named in ``chunks`` are stored whole; Dask chunks then match Zarr chunks,
     # which makes parallel writes safe.
-    ds = ds.chunk({d: min(chunks.get(d, n), n) for d, n in ds.sizes.items()})
-    for var in ds.variables.values():
+    sizes = {d: max(1, min(chunks.get(d, n), n)) for d, n in ds.sizes.items()}
+    lazy = any(var.chunks is not None for var in ds.variables.values())
+    # All in memory: zarr chunks the arrays as it writes them (Dask would first hash and copy).
+    ds = ds.chunk(sizes) if lazy else ds.copy()
+    enc = encoding(ds)
+    for name, var in ds.variables.items():
         var.encoding = {}
+        if not lazy and var.ndim:
+            enc.setdefault(name, {})["chunks"] = tuple(sizes[d] for d in var.dims)
     with atomic_path(path) as tmp:
         store = ChecksumStore(tmp)
         ds.to_zarr(
-            store, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=True,
-            encoding=encoding(ds),
-        )  # fmt: skip
+            store, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=True, encoding=enc
+        )
     WRITTEN[os.path.abspath(path)] = combine_checksums(store.crcs)
 
 
