@@ -48,18 +48,12 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
 
 def cmd_ingest(a: argparse.Namespace) -> None:
+    from hpcpipe.chunking import raw_chunks
     from hpcpipe.ingest import DatasetError, ingest
-    from hpcpipe.store import chunk_length
 
     ds = ingest(a.input if len(a.input) > 1 else a.input[0], a.params)
-    per_step = 4 * ds.sizes["lat"] * ds.sizes["lon"] * len(ds.data_vars)
-    chunks = {
-        "time": chunk_length(ds.sizes["time"], per_step),
-        "lat": ds.sizes["lat"],
-        "lon": ds.sizes["lon"],
-    }
     try:
-        _write(ds, a.output, chunks)
+        _write(ds, a.output, raw_chunks(ds))
     except Exception as exc:
         # The data are read only now, chunk by chunk: name the file that failed to read.
         raise DatasetError(
@@ -77,25 +71,27 @@ def _write(ds: Any, path: str, chunks: dict[str, int]) -> None:
 
 def cmd_preprocess(a: argparse.Namespace) -> None:
     from hpcpipe.atomic import write_json
+    from hpcpipe.chunking import preprocessed_chunks
     from hpcpipe.preprocess import preprocess
-    from hpcpipe.store import chunk_length, open_store
+    from hpcpipe.store import open_store
 
     out, stats = preprocess(open_store(a.input, "raw data"), a.params)
-    per_step = 4 * out["anomaly"][0].size
-    _write(out, a.output, {"time": chunk_length(out.sizes["time"], per_step)})
+    _write(out, a.output, preprocessed_chunks(out))
     write_json(a.stats, stats)
 
 
 def cmd_thresholds(a: argparse.Namespace) -> None:
+    from hpcpipe.chunking import threshold_chunks
     from hpcpipe.preprocess import thresholds
     from hpcpipe.store import open_store
 
     out = thresholds(open_store(a.input, "preprocessed data"), a.params)
-    _write(out, a.output, {"lat": out.sizes["lat"]})
+    _write(out, a.output, threshold_chunks(out))
 
 
 def cmd_features(a: argparse.Namespace) -> None:
-    from hpcpipe.features import feature_chunks, split_features
+    from hpcpipe.chunking import feature_chunks
+    from hpcpipe.features import split_features
     from hpcpipe.store import open_store
 
     pre = open_store(a.input, "preprocessed data")
@@ -290,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"]:  # a process launcher, not a step: no logging or Dask set-up
-        from hpcpipe.launch import main as launch_main
+        from hpcpipe.runtime.launch import main as launch_main
 
         return launch_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -305,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log)
     from hpcpipe.checkpoint import TrainingStopped
     from hpcpipe.dask_cluster import DaskSettings, dask_runtime, serve_allocation_worker
-    from hpcpipe.resources import allocation, launcher_rank
+    from hpcpipe.runtime.allocation import allocation
+    from hpcpipe.runtime.environment import launcher_rank
 
     start = time.monotonic()
     try:
@@ -379,7 +376,7 @@ def _dask_section(given: dict[str, Any] | None) -> dict[str, Any]:
 def _where() -> str:
     import os
 
-    from hpcpipe.resources import slurm_job
+    from hpcpipe.runtime.environment import slurm_job
 
     job = slurm_job()
     if job is None:

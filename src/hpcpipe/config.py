@@ -16,6 +16,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hpcpipe.splits import sample_count
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
 BUILTIN_VARIABLES = ("t2m", "z500")
 
@@ -134,9 +136,8 @@ def _cross_key_problems(c: dict) -> Iterator[str]:
                     f"({first}..{last}, dataset.builtin.start and n_days)"
                 )
                 continue
-            # Same rule as features.sample_range: lags may reach before the period, targets not.
             i0, i1 = (a - first).days, (e - first).days + 1
-            if i1 - max(leads) <= max(i0, max(lags)):
+            if sample_count((i0, i1), lags, leads) < 1:
                 problems.append(
                     f"preprocess.split.{name}: {i1 - i0} days are too few for features.lags "
                     f"{lags} and features.leads {leads}"

@@ -40,7 +40,8 @@ from typing import Any
 
 import dask
 
-from hpcpipe.resources import Allocation
+from hpcpipe.runtime.allocation import DASK_MEMORY_FRACTION, MIN_WORKER_MEMORY, Allocation
+from hpcpipe.runtime.environment import DistEnv, slurm_job
 
 log = logging.getLogger("hpcpipe.dask")
 MODES = ("threads", "synchronous", "local", "allocation", "jobqueue", "address")
@@ -51,12 +52,6 @@ ENV = {
     "scheduler_file": "HPCPIPE_DASK_SCHEDULER_FILE",
     "timeout": "HPCPIPE_DASK_TIMEOUT",
 }
-# Share of a worker's memory that Dask may fill; the rest is the process's own overhead and
-# the client's share in local mode.
-MEMORY_FRACTION = 0.8
-# A Dask worker process uses about 140 MB of its own; below this limit it pauses at its
-# threshold before holding any data and waits for ever instead of failing.
-MIN_WORKER_MEMORY = 256 * 2**20
 
 
 class DaskClusterError(RuntimeError):
@@ -197,7 +192,7 @@ def _log_dashboard(client: Any, what: str) -> None:
 def _local(alloc: Allocation, settings: DaskSettings) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
-    per_worker = int(alloc.memory_bytes * MEMORY_FRACTION / alloc.cpus)
+    per_worker = int(alloc.memory_bytes * DASK_MEMORY_FRACTION / alloc.cpus)
     _check_worker_memory(
         "local", per_worker, f"{alloc.cpus} workers",
         "give the step more memory (its mem_mb) or fewer CPUs",
@@ -248,11 +243,7 @@ def _address(alloc: Allocation, settings: DaskSettings) -> Iterator[Any]:
 # --- allocation: scheduler and workers over the ranks of one srun step ----------------------
 
 
-def _step_env() -> Any:
-    # hpcpipe.distributed reads the launcher's variables (SLURM_PROCID, ...); imported only
-    # here because it imports torch, which array steps need nowhere else.
-    from hpcpipe.distributed import DistEnv
-
+def _step_env() -> DistEnv:
     return DistEnv.from_environ()
 
 
@@ -265,8 +256,6 @@ def scheduler_file_for(settings: DaskSettings, env: Any) -> Path:
     """
     if settings.scheduler_file:
         return Path(settings.scheduler_file)
-    from hpcpipe.resources import slurm_job
-
     job = (slurm_job() or {}).get("job_id", "nojob")
     return Path(".hpcpipe-dask") / f"scheduler-{job}-{env.master_addr}-{env.master_port}.json"
 
@@ -288,10 +277,10 @@ def serve_allocation_worker(settings: DaskSettings, alloc: Allocation) -> bool:
         )
     if env.rank == 0:
         return False
-    from hpcpipe.resources import memory_per_task
+    from hpcpipe.runtime.allocation import memory_per_task
 
     path = scheduler_file_for(settings, env)
-    memory = int(memory_per_task(alloc) * MEMORY_FRACTION)
+    memory = int(memory_per_task(alloc) * DASK_MEMORY_FRACTION)
     _check_worker_memory(
         "allocation", memory, f"worker rank {env.rank}",
         "give the step more memory per task (its mem_mb or mem_mb_per_cpu)",
@@ -420,7 +409,7 @@ def _jobqueue(alloc: Allocation, settings: DaskSettings) -> Iterator[Any]:
     except ValueError:
         raise _fail("jobqueue", f"dask.jobqueue.memory {jq.memory!r} is not a size") from None
     _check_worker_memory(
-        "jobqueue", int(per_worker * MEMORY_FRACTION), f"{jq.processes} worker(s) per job",
+        "jobqueue", int(per_worker * DASK_MEMORY_FRACTION), f"{jq.processes} worker(s) per job",
         "raise dask.jobqueue.memory or lower dask.jobqueue.processes",
     )  # fmt: skip
     missing = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None]

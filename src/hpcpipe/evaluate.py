@@ -34,6 +34,7 @@ import xarray as xr
 
 from hpcpipe import metrics
 from hpcpipe.atomic import atomic_path, write_json, write_text
+from hpcpipe.periods import period_of
 
 log = logging.getLogger("hpcpipe.evaluate")
 
@@ -152,15 +153,6 @@ def _identity(model_path: Path, meta: dict, params: dict) -> tuple[str, Any]:
 
 def _str_list(values: Any) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()]
-
-
-def period_of(times: xr.DataArray, kind: str) -> xr.DataArray:
-    """Climatology period of each time: day of year or month (datetime64 and cftime alike)."""
-    if kind == "dayofyear":
-        return times.dt.dayofyear
-    if kind == "month":
-        return times.dt.month
-    raise ValueError(f"unknown climatology period kind {kind!r} (expected 'dayofyear' or 'month')")
 
 
 def _climatology_at(clim: xr.DataArray, times: xr.DataArray, kind: str) -> xr.DataArray:

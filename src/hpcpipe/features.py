@@ -15,11 +15,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from hpcpipe.store import chunk_length
+from hpcpipe.splits import period_bounds, sample_range
 
 log = logging.getLogger("hpcpipe.features")
 SPLITS = ("train", "val", "test")
-FEATURE_CHUNK_BYTES = 64 * 2**20
 
 
 def _gradients(x: np.ndarray) -> np.ndarray:
@@ -27,11 +26,6 @@ def _gradients(x: np.ndarray) -> np.ndarray:
     ddx = 0.5 * (np.roll(x, -1, axis=-1) - np.roll(x, 1, axis=-1))
     ddy = np.gradient(x, axis=-2) if x.shape[-2] > 1 else np.zeros_like(x)
     return np.concatenate([ddx, ddy], axis=1).astype(np.float32)
-
-
-def sample_range(bounds: tuple[int, int], lags: list[int], leads: list[int]) -> tuple[int, int]:
-    i0, i1 = bounds
-    return max(i0, max(lags)), i1 - max(leads)
 
 
 def channel_names(variables: list[str], lags: list[int], derived: list[str]) -> list[str]:
@@ -44,11 +38,10 @@ def channel_names(variables: list[str], lags: list[int], derived: list[str]) -> 
 def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Dataset:
     """The (lazy) features dataset of one split."""
     lags, leads, derived = params["lags"], params["leads"], params["derived"]
-    labels = pre["split"].values
-    where = np.nonzero(labels == split)[0]
-    if where.size == 0:
+    bounds = period_bounds(pre["split"].values, split)
+    if bounds is None:
         raise ValueError(f"split {split!r} has no time steps in the preprocessed store")
-    s0, s1 = sample_range((int(where[0]), int(where[-1]) + 1), lags, leads)
+    s0, s1 = sample_range(bounds, lags, leads)
     if s1 <= s0:
         raise ValueError(f"split {split!r}: too few time steps for lags {lags} and leads {leads}")
     a = pre["anomaly"].data  # (time, variable, lat, lon)
@@ -101,8 +94,3 @@ def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Da
         "%s: %d samples, %d channels, %.1f MB", split, n, inputs.shape[1], n * per_sample / 1e6
     )
     return ds
-
-
-def feature_chunks(ds: xr.Dataset) -> dict[str, int]:
-    per_sample = int(ds["inputs"][0].nbytes + ds["targets"][0].nbytes)
-    return {"sample": chunk_length(ds.sizes["sample"], per_sample, FEATURE_CHUNK_BYTES)}

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from hpcpipe.store import TARGET_CHUNK_BYTES, chunk_length
+from hpcpipe.chunking import generated_chunk_days
 
 # Fixed generation geometry. Changing any of these changes the data (it is part of the
 # definition of the dataset), so they are constants, never derived from the chunking.
@@ -360,25 +360,6 @@ def _generate_chunk(
     return out
 
 
-def storage_chunk_days(
-    n_lat: int,
-    n_lon: int,
-    n_vars: int,
-    target_bytes: int = TARGET_CHUNK_BYTES,
-    n_days: int | None = None,
-) -> int:
-    """Days per time chunk so that one chunk of all variables (float32) is ~``target_bytes``.
-
-    Rounded down to whole generation blocks when a chunk holds more than one (so no block is
-    computed twice), and never more than ``n_days``.
-    """
-    per_day = 4 * n_lat * n_lon * max(1, n_vars)
-    days = chunk_length(n_days if n_days is not None else 2**62, per_day, target_bytes)
-    if days >= BLOCK_DAYS and (n_days is None or days < n_days):
-        days -= days % BLOCK_DAYS
-    return int(days)
-
-
 def _check_params(params: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
     """Validate dataset.builtin; returns seed, start day (since 1970), n_days, n_lat, n_lon."""
     missing = [k for k in _PARAM_KEYS if k not in params]
@@ -416,7 +397,7 @@ def generate_dataset(
 
     ``params`` is the config section dataset.builtin (seed, start, n_days, n_lat, n_lon);
     ``variables`` a subset of VARIABLES in output order; ``chunk_days`` the time chunk length
-    (default: storage_chunk_days). Values do not depend on ``chunk_days`` or the scheduler.
+    (default: chunking.generated_chunk_days). Values do not depend on ``chunk_days`` or the scheduler.
     """
     seed, start_day, n_days, n_lat, n_lon = _check_params(params)
     if isinstance(variables, str):
@@ -431,7 +412,7 @@ def generate_dataset(
     if not variables or len(set(variables)) != len(variables):
         raise ValueError(f"dataset.variables must be non-empty and unique, got {variables}")
     if chunk_days is None:
-        chunk_days = storage_chunk_days(n_lat, n_lon, len(variables), n_days=n_days)
+        chunk_days = generated_chunk_days(n_lat, n_lon, len(variables), BLOCK_DAYS, n_days=n_days)
     if (
         isinstance(chunk_days, bool)
         or not isinstance(chunk_days, int | np.integer)

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from hpcpipe.contracts import DatasetError
+from hpcpipe.splits import sample_count, split_indices
+
 log = logging.getLogger("hpcpipe.ingest")
 DIMS = ("time", "lat", "lon")
-
-
-class DatasetError(ValueError):
-    """The dataset cannot serve the pipeline; the message names the file and what is wrong."""
+__all__ = ["DatasetError", "check_config_against_file", "check_serves", "ingest"]
 
 
 def open_source(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -200,41 +200,6 @@ def time_step(ds: xr.Dataset, name: str) -> Any:
     return steps[0]
 
 
-def split_indices(
-    ds: xr.Dataset, split: dict[str, list[str]], name: str
-) -> dict[str, tuple[int, int]]:
-    """[start, stop) time indices of each split period."""
-    times = ds.indexes["time"]
-    out = {}
-    for part, (start, end) in split.items():
-        idx = np.nonzero(
-            (times >= _as_time(start, times)) & (times <= _as_time(end, times, end=True))
-        )[0]
-        if idx.size == 0:
-            raise DatasetError(
-                f"{name}: preprocess.split.{part} ({start}..{end}) contains no time step "
-                f"(data cover {times[0]}..{times[-1]})"
-            )
-        out[part] = (int(idx[0]), int(idx[-1]) + 1)
-    return out
-
-
-def _as_time(text: str, times: Any, end: bool = False) -> Any:
-    # Compare in the index's own type so cftime calendars work.
-    if isinstance(times, xr.CFTimeIndex):
-        import cftime
-
-        y, m, d = (int(x) for x in text.split("-"))
-        cal = times.calendar
-        if end:
-            return cftime.datetime(
-                y, m, min(d, 30 if cal == "360_day" else d), 23, 59, 59, calendar=cal
-            )
-        return cftime.datetime(y, m, min(d, 30 if cal == "360_day" else d), calendar=cal)
-    t = np.datetime64(text)
-    return t + np.timedelta64(1, "D") - np.timedelta64(1, "ns") if end else t
-
-
 def check_serves(
     ds: xr.Dataset, variables: list[str], split: dict, lags: list[int], leads: list[int], name: str
 ) -> dict[str, int]:
@@ -243,8 +208,7 @@ def check_serves(
     bounds = split_indices(ds, split, name)
     counts = {}
     for part, (i0, i1) in bounds.items():
-        lo, hi = max(i0, max(lags)), i1 - max(leads)
-        counts[part] = max(0, hi - lo)
+        counts[part] = sample_count((i0, i1), lags, leads)
         if counts[part] < 1:
             raise DatasetError(
                 f"{name}: split {part!r} (preprocess.split.{part}) has {i1 - i0} time steps, "

@@ -15,20 +15,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from hpcpipe.ingest import split_indices
-from hpcpipe.store import chunk_length
+from hpcpipe import chunking, splits
+from hpcpipe.periods import period_index
 
 log = logging.getLogger("hpcpipe.preprocess")
-
-
-def period_index(time: xr.DataArray, kind: str) -> tuple[np.ndarray, int]:
-    """0-based climatology period of each time (day of year or month) and the period count."""
-    if kind == "month":
-        return time.dt.month.values.astype(np.int64) - 1, 12
-    index = time.to_index()
-    calendar = getattr(index, "calendar", "standard")
-    n = {"360_day": 360, "noleap": 365, "365_day": 365}.get(calendar, 366)
-    return time.dt.dayofyear.values.astype(np.int64) - 1, n
 
 
 def _period_sums(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
@@ -119,18 +109,14 @@ def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
     )
 
 
-# Time steps per slice of an anomaly block: the float64 temporaries of a slice stay a few MB
-# however large the block (the values are the same as for the whole block at once).
-SLICE_BYTES = 8 * 2**20
-
-
 def _normalised_anomaly(
     x: np.ndarray, idx: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray
 ) -> np.ndarray:
     shape = (1, -1) + (1,) * (x.ndim - 2)
     m, s = mean.reshape(shape), std.reshape(shape)
     out = np.empty(x.shape, dtype=np.float32)
-    step = max(1, SLICE_BYTES // max(1, 8 * x[:1].size))
+    # Slices of the block: the float64 temporaries stay a few MB (same values as at once).
+    step = chunking.slice_steps(x[:1].size)
     for t in range(0, x.shape[0], step):
         sl = slice(t, t + step)
         out[sl] = (x[sl] - clim[idx[sl]] - m) / s
@@ -160,7 +146,7 @@ def _moments(a: np.ndarray) -> np.ndarray:
     """
     out = np.zeros((3, a.shape[1]), dtype=np.float64)
     axes = (0, *range(2, a.ndim))
-    step = max(1, SLICE_BYTES // max(1, 8 * a[:1].size))
+    step = chunking.slice_steps(a[:1].size)
     for t in range(0, a.shape[0], step):
         s = a[t : t + step].astype(np.float64)
         finite = np.isfinite(s)
@@ -189,9 +175,9 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     # Canonical time blocks, set by the data's shape alone: the reductions below then add up
     # in the same order whatever the input's chunking or the number of workers, so results
     # are bit-identical across both (floating-point sums depend on their order).
-    per_step = 4 * x.sizes["variable"] * x.sizes["lat"] * x.sizes["lon"]
-    x = x.chunk({"time": chunk_length(x.sizes["time"], per_step)})
-    bounds = split_indices(raw, params["split"], "raw data")
+    step = chunking.bytes_per_step(x.sizes["variable"], x.sizes["lat"], x.sizes["lon"])
+    x = x.chunk({"time": chunking.time_chunk_length(x.sizes["time"], step)})
+    bounds = splits.split_indices(raw, params["split"], "raw data")
     t0, t1 = bounds["train"]
     train = x.isel(time=slice(t0, t1))
     kind = params["climatology"]
@@ -217,9 +203,7 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
         )
     anom = anomalies(x, clim, mean, std)
 
-    labels = np.full(x.sizes["time"], "", dtype="<U5")
-    for part, (i0, i1) in bounds.items():
-        labels[i0:i1] = part
+    labels = splits.labels(x.sizes["time"], bounds)
     out = xr.Dataset(
         {
             "anomaly": anom,
@@ -250,11 +234,13 @@ def thresholds(pre: xr.Dataset, params: dict[str, Any]) -> xr.Dataset:
     A separate step from preprocess so that changing the quantile reruns evaluation only.
     """
     q = params["extreme_quantile"]
-    idx = np.nonzero(pre["split"].values == "train")[0]
-    train = pre["anomaly"].isel(time=slice(int(idx[0]), int(idx[-1]) + 1)).data
+    bounds = splits.period_bounds(pre["split"].values, "train")
+    if bounds is None:
+        raise ValueError("the preprocessed store has no training period")
+    train = pre["anomaly"].isel(time=slice(*bounds)).data
     nt, nv, _, nx = train.shape
     # The quantile needs the whole time series of a point: chunk by latitude rows instead.
-    rows = max(1, int(64 * 2**20 // max(1, 4 * nt * nv * nx)))
+    rows = chunking.threshold_rows(nt, nv, nx)
     qd = train.rechunk({0: -1, 1: -1, 2: rows, 3: -1}).map_blocks(
         _quantile_block, q, drop_axis=0, dtype=np.float32
     )

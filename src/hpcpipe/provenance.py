@@ -24,7 +24,7 @@ from typing import Any
 
 from hpcpipe import __version__
 from hpcpipe.atomic import write_json
-from hpcpipe.resources import slurm_job
+from hpcpipe.runtime.environment import slurm_job
 
 SUFFIX = ".manifest.json"
 BIG_FILE = 256 * 2**20  # external inputs above this are fingerprinted by size and mtime

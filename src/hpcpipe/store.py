@@ -1,4 +1,7 @@
-"""Zarr stores: the one place that opens and writes them (format, chunking, atomicity)."""
+"""Zarr stores: the one place that opens and writes them (format, codec, checksums, atomicity).
+
+How large the chunks are is decided in :mod:`hpcpipe.chunking`.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +24,6 @@ from hpcpipe.atomic import atomic_path
 # Zarr format 2: consolidated metadata and string coordinates are stable there, and every
 # zarr-python (2 and 3) and xarray version reads it.
 ZARR_FORMAT = 2
-TARGET_CHUNK_BYTES = 128 * 2**20
-# Mid-size arrays (up to 64 x TARGET_CHUNK_BYTES) get smaller chunks, down to MIN_CHUNK_BYTES,
-# so that there are about MIN_CHUNKS of them: every worker has work, and one chunk (with the
-# few temporaries a task makes of it) stays small next to a worker's memory. Small arrays
-# (under MIN_CHUNK_BYTES, like the default dataset) stay one chunk.
-MIN_CHUNK_BYTES = 32 * 2**20
-MIN_CHUNKS = 64
 # Blosc lz4 with byte shuffle (zarr-python 2's default) for numeric arrays: on float32 fields it
 # writes about 4x and reads about 1.5x faster than zarr 3's Zstd default, and compresses as well
 # or better (scripts/bench dask measures the store's throughput).
@@ -92,19 +88,6 @@ class ChecksumStore(LocalStore):
     async def delete(self, key: str) -> None:
         await super().delete(key)
         self.crcs.pop(key, None)
-
-
-def chunk_length(n: int, bytes_per_item: int, target_bytes: int = TARGET_CHUNK_BYTES) -> int:
-    """How many items along one axis make a chunk of about ``target_bytes`` (at least 1, at most n).
-
-    Set by the array's shape alone (never by the machine), so chunk boundaries, and with them
-    the order of floating-point sums, are the same on a laptop and on a cluster. Arrays of up
-    to ``MIN_CHUNKS`` x ``target_bytes`` get ``MIN_CHUNKS`` chunks of at least
-    ``MIN_CHUNK_BYTES``.
-    """
-    per = max(1, bytes_per_item)
-    target = max(min(target_bytes, MIN_CHUNK_BYTES), min(target_bytes, n * per // MIN_CHUNKS))
-    return int(max(1, min(n, target // per)))
 
 
 def open_store(path: str | os.PathLike[str], what: str = "store") -> xr.Dataset:

@@ -34,13 +34,16 @@ import torch
 import xarray as xr
 from torch import nn
 
-from hpcpipe import distributed
+from hpcpipe import process_group as distributed
 from hpcpipe.atomic import atomic_path, write_text
 from hpcpipe.checkpoint import CheckpointError, Checkpoints, StopRequest, TrainingStopped
 from hpcpipe.loader import Prefetcher
 from hpcpipe.logs import progress
 from hpcpipe.models import build_model, checkpoint
-from hpcpipe.resources import allocation, requeue_job, slurm_restart_count
+from hpcpipe.runtime import environment
+from hpcpipe.runtime.allocation import IN_MEMORY_SHARE, ON_GPU_SHARE, allocation, threads_per_rank
+from hpcpipe.runtime.environment import DistEnv
+from hpcpipe.runtime.slurm import requeue_job
 from hpcpipe.store import decode_str, open_store
 
 log = logging.getLogger("hpcpipe.train")
@@ -48,14 +51,9 @@ log = logging.getLogger("hpcpipe.train")
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
 # Improvements smaller than this (relative) do not reset early stopping (as ReduceLROnPlateau).
 MIN_REL_IMPROVEMENT = 1e-4
-# Load the features into memory when they take at most this share of the allocation.
-IN_MEMORY_SHARE = 0.5
 # NHWC: oneDNN's CPU convolutions are 25-35% faster on these shapes (and GPUs prefer it too).
 MEMORY_FORMAT = torch.channels_last
 
-
-# On a GPU, features up to this share of its memory live there (no host-device copies).
-ON_GPU_SHARE = 0.25
 # Batches prepared ahead of the step (in a thread) when they come from the host or the store.
 PREFETCH_DEPTH = 2
 
@@ -343,7 +341,7 @@ class _Loop:
         data: _Split,
         val: _Split,
         weights: torch.Tensor,
-        env: distributed.DistEnv,
+        env: DistEnv,
         global_batch: int,
         seed: int,
         bf16: bool = False,
@@ -468,11 +466,11 @@ def train(
     data_wait (share of the training time spent waiting for batches).
     """
     t_start = time.perf_counter()
-    env = distributed.DistEnv.from_environ()
+    env = DistEnv.from_environ()
     alloc = allocation(threads)
     device_type = "cuda" if alloc.gpus > 0 and torch.cuda.is_available() else "cpu"
     deterministic = bool(train_cfg.get("deterministic", True))
-    threads_here = distributed.threads_per_rank(env, alloc.cpus)
+    threads_here = threads_per_rank(env, alloc.cpus)
     main = env.rank == 0
 
     features_dir = Path(features_dir)
@@ -577,7 +575,9 @@ def train(
             if stopping:
                 signum = stop.signum or signal.SIGTERM  # a peer was asked; this rank was not
                 path = save(epoch, step, total)
-                requeued = main and signum == signal.SIGUSR1 and requeue_job()
+                requeued = (
+                    main and signum == signal.SIGUSR1 and requeue_job(environment.slurm_job_id())
+                )
                 raise TrainingStopped(signum, path, requeued)
             if (
                 ckpts is not None
@@ -708,7 +708,7 @@ def _resume(
     """Load the newest checkpoint of this run into everything; (epoch, step) or None."""
     found = ckpts.load_latest(map_location="cpu")
     if found is None:
-        restarts = slurm_restart_count()
+        restarts = environment.restart_count()
         if restarts:
             raise CheckpointError(
                 f"this SLURM job was requeued (restart {restarts}) to resume training, but "

@@ -20,7 +20,7 @@ from testdata import make_raw
 
 from hpcpipe import preprocess as pp
 from hpcpipe.dask_cluster import DaskSettings, JobqueueSettings, dask_runtime
-from hpcpipe.resources import Allocation
+from hpcpipe.runtime.allocation import Allocation
 from hpcpipe.store import open_store, write_store
 
 pytestmark = pytest.mark.slurm

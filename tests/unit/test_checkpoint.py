@@ -15,7 +15,7 @@ import torch
 from test_train import CNN, TRAIN_CFG, _history
 from trainingdata import make_features
 
-from hpcpipe import distributed
+from hpcpipe import process_group
 from hpcpipe.checkpoint import KEEP, CheckpointError, Checkpoints, TrainingStopped
 from hpcpipe.train import run_identity, train
 
@@ -196,15 +196,15 @@ def test_stop_request_in_process(features: Path, tmp_path: Path) -> None:
 
 
 def test_any_rank_in_one_process_answers_at_once() -> None:
-    agree = distributed.AnyRank()
+    agree = process_group.AnyRank()
     assert agree.poll(False) is False and agree.poll(True) is True
     agree.close()
 
 
 def test_gpu_binding_check_names_the_shared_gpu() -> None:
-    distributed.check_gpu_binding([("n1", "GPU-a"), ("n1", "GPU-b"), ("n2", "GPU-a")])
+    process_group.check_gpu_binding([("n1", "GPU-a"), ("n1", "GPU-b"), ("n2", "GPU-a")])
     with pytest.raises(RuntimeError, match=r"ranks 0 and 2 on n1 share one GPU.*tasks"):
-        distributed.check_gpu_binding([("n1", "GPU-a"), ("n1", "GPU-b"), ("n1", "GPU-a")])
+        process_group.check_gpu_binding([("n1", "GPU-a"), ("n1", "GPU-b"), ("n1", "GPU-a")])
 
 
 def test_checkpoint_dir_survives_a_failed_run(features: Path, tmp_path: Path) -> None:

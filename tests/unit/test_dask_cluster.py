@@ -18,6 +18,7 @@ import xarray as xr
 from testdata import PREPROCESS_PARAMS as PARAMS
 from testdata import SPLIT, lazy_raw, make_raw
 
+from hpcpipe import chunking
 from hpcpipe import preprocess as pp
 from hpcpipe.config import load_schema
 from hpcpipe.dask_cluster import (
@@ -27,7 +28,7 @@ from hpcpipe.dask_cluster import (
     dask_runtime,
     slurm_cluster_kwargs,
 )
-from hpcpipe.resources import Allocation
+from hpcpipe.runtime.allocation import Allocation
 from hpcpipe.store import open_store, write_store
 
 ALLOC = Allocation(cpus=2, memory_bytes=2 * 2**30, gpus=0, in_slurm=False)
@@ -207,7 +208,7 @@ def test_out_of_core_preprocess_stays_within_worker_memory(
 ):
     # Smaller canonical blocks than this data size gets, so that workers of 300 MB suffice
     # (32 MB blocks want about 400 MB per worker); the code path is the same.
-    monkeypatch.setattr(pp, "chunk_length", lambda n, per, target=None: BLOCK_DAYS)
+    monkeypatch.setattr(chunking, "time_chunk_length", lambda n, step_bytes: BLOCK_DAYS)
     raw_path, out_path = tmp_path / "raw.zarr", tmp_path / "pre.zarr"
     write_store(lazy_raw(N_DAYS, chunk_days=BLOCK_DAYS), raw_path, {"time": BLOCK_DAYS})
     params = {**PARAMS, "climatology": "month", "split": _split(N_DAYS)}

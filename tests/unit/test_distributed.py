@@ -10,8 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hpcpipe import distributed
-from hpcpipe.distributed import DistEnv, expand_nodelist
+from hpcpipe import process_group
+from hpcpipe.runtime.allocation import threads_per_rank
+from hpcpipe.runtime.environment import DistEnv, expand_nodelist
 
 
 @pytest.mark.parametrize(
@@ -101,16 +102,16 @@ def test_torchrun_wins_inside_a_slurm_job() -> None:
     }
     env = DistEnv.from_environ(environ)
     assert env == DistEnv(5, 1, 8, "10.0.0.2", 29400, "torchrun", local_world_size=4)
-    assert distributed.threads_per_rank(env, 16) == 4
-    assert distributed.threads_per_rank(DistEnv.from_environ(SRUN), 8) == 8
+    assert threads_per_rank(env, 16) == 4
+    assert threads_per_rank(DistEnv.from_environ(SRUN), 8) == 8
 
 
 def test_helpers_without_a_group() -> None:
-    assert distributed.is_main()
+    assert process_group.is_main()
     t = torch.tensor([1.0, 2.0])
-    torch.testing.assert_close(distributed.all_reduce_mean(t), t)
-    distributed.barrier()
-    with distributed.init(DistEnv(), "cpu") as device:
+    torch.testing.assert_close(process_group.all_reduce_mean(t), t)
+    process_group.barrier()
+    with process_group.init(DistEnv(), "cpu") as device:
         assert device == torch.device("cpu")
         assert not dist.is_initialized()
 
@@ -130,15 +131,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         "MASTER_PORT": str(port),
     }
     env = DistEnv.from_environ(environ)
-    with distributed.init(env, "cpu", timeout_s=60):
+    with process_group.init(env, "cpu", timeout_s=60):
         assert dist.is_initialized() and dist.get_backend() == "gloo"
-        mean = distributed.all_reduce_mean(torch.tensor([rank + 1.0, 10.0 * rank]))
-        ints = distributed.all_reduce_mean(torch.tensor([rank * 3]))
-        main = distributed.is_main()
-        distributed.barrier()
+        mean = process_group.all_reduce_mean(torch.tensor([rank + 1.0, 10.0 * rank]))
+        ints = process_group.all_reduce_mean(torch.tensor([rank * 3]))
+        main = process_group.is_main()
+        process_group.barrier()
     assert not dist.is_initialized()
     # The group is torn down on error too, so the process can start another.
-    with pytest.raises(RuntimeError, match="boom"), distributed.init(env, "cpu", timeout_s=60):
+    with pytest.raises(RuntimeError, match="boom"), process_group.init(env, "cpu", timeout_s=60):
         raise RuntimeError("boom")
     assert not dist.is_initialized()
     Path(out, f"rank{rank}.txt").write_text(f"{mean.tolist()} {ints.tolist()} {main}")

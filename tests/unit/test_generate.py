@@ -12,6 +12,7 @@ import xarray as xr
 import xarray.testing as xrt
 
 from hpcpipe import generate as g
+from hpcpipe.chunking import generated_chunk_days
 
 PARAMS: dict[str, Any] = {
     "seed": 42,
@@ -255,16 +256,16 @@ def test_odd_grid() -> None:
     assert np.isfinite(ds.t2m).all()
 
 
-def test_storage_chunk_days() -> None:
+def test_generated_chunk_days() -> None:
     # default size: a single chunk (never more than n_days)
-    assert g.storage_chunk_days(32, 64, 2, n_days=1096) == 1096
-    assert g.storage_chunk_days(32, 64, 2, n_days=5) == 5
+    assert generated_chunk_days(32, 64, 2, g.BLOCK_DAYS, n_days=1096) == 1096
+    assert generated_chunk_days(32, 64, 2, g.BLOCK_DAYS, n_days=5) == 5
     # at scale: 64-256 MB per chunk of all variables
     for n_lat, n_lon, n_vars in [(181, 360, 2), (721, 1440, 2), (721, 1440, 1), (361, 720, 2)]:
-        days = g.storage_chunk_days(n_lat, n_lon, n_vars, n_days=100_000)
+        days = generated_chunk_days(n_lat, n_lon, n_vars, g.BLOCK_DAYS, n_days=100_000)
         size = days * n_lat * n_lon * n_vars * 4
         assert 64 * 2**20 <= size <= 256 * 2**20, (n_lat, n_lon, days, size)
         assert days < g.BLOCK_DAYS or days % g.BLOCK_DAYS == 0
-    assert g.storage_chunk_days(4000, 8000, 2) == 1  # at least one day
+    assert generated_chunk_days(4000, 8000, 2, g.BLOCK_DAYS) == 1  # at least one day
     ds = g.generate_dataset(PARAMS, ["t2m", "z500"])
     assert ds.t2m.data.chunks[0] == (1096,)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hpcpipe.launch import launch
+from hpcpipe.runtime.launch import launch
 
 
 def test_ranks_get_torchrun_variables(tmp_path: Path):

@@ -61,10 +61,10 @@ def test_coarsen_and_masked_points(split: dict):
 
 
 def test_bit_identical_across_chunking_and_workers(raw: xr.Dataset, split: dict, monkeypatch):
-    import hpcpipe.preprocess as pp
+    from hpcpipe import chunking
 
     # small canonical blocks so that the reductions really run over several blocks
-    monkeypatch.setattr(pp, "chunk_length", lambda n, per, target=None: 100)
+    monkeypatch.setattr(chunking, "time_chunk_length", lambda n, step_bytes: 100)
     p = params(split, climatology="dayofyear", climatology_window=31)
     with dask.config.set(scheduler="threads", num_workers=2):
         a = preprocess(raw.chunk(time=30), p)[0].load()

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpcpipe.resources import _memory_mb, allocation
+from hpcpipe.runtime.allocation import allocation
+from hpcpipe.runtime.slurm import memory_mb
 
 
 def test_local_allocation_takes_snakemakes_thread_grant(monkeypatch: pytest.MonkeyPatch):
@@ -39,4 +40,4 @@ def test_memory_per_cpu(monkeypatch: pytest.MonkeyPatch):
     [("4000M", 4000), ("2G", 2048), ("512K", 0), ("1.5G", 1536), ("100", 100), ("x", None)],
 )
 def test_slurm_memory_strings(text: str, mb: int | None):
-    assert _memory_mb(text) == mb
+    assert memory_mb(text) == mb

@@ -1,5 +1,5 @@
 # One job per model and seed. The step launches its own ranks with `hpcpipe launch`:
-# local processes on a laptop, `srun -n tasks` in a SLURM job (see hpcpipe/launch.py).
+# local processes on a laptop, `srun -n tasks` in a SLURM job (see hpcpipe/runtime/launch.py).
 # Checkpoints live in .checkpoints/, outside the outputs: Snakemake deletes the outputs of a
 # failed job, and a rerun resumes from the checkpoints (hpcpipe/checkpoint.py).
 rule train:

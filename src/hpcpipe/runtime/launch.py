@@ -8,9 +8,9 @@
 - Already inside a job step (the plugin's own `srun -n1`) with N=1: the command replaces this
   process.
 - Outside SLURM: N=1 replaces this process; N>1 starts N local processes with the torchrun
-  variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), which
-  hpcpipe.distributed reads. If one rank fails, the others are stopped and its exit status
-  is returned; SIGTERM, SIGINT and SIGUSR1 are passed on to every rank.
+  variables (:func:`hpcpipe.runtime.environment.torchrun_environ`), which training reads
+  back. If one rank fails, the others are stopped and its exit status is returned; SIGTERM,
+  SIGINT and SIGUSR1 are passed on to every rank.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import subprocess
 import sys
 import time
 
-from hpcpipe.resources import in_job_step, slurm_job, visible_gpus
+from hpcpipe.runtime.allocation import visible_gpus
+from hpcpipe.runtime.environment import (
+    in_job_step,
+    slurm_job,
+    torchrun_environ,
+    visible_devices,
+)
 
 
 def free_port() -> int:
@@ -45,14 +51,13 @@ def launch(n: int, command: list[str]) -> int:
         # Two ranks on one GPU run out of its memory or fail in NCCL: say so before starting.
         raise SystemExit(
             f"hpcpipe launch: {n} ranks but only {gpus} GPU(s) visible "
-            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+            f"(visible: {','.join(visible_devices() or []) or 'unset'}); "
             f"start at most {gpus} ranks, one per GPU"
         )
-    port = str(free_port())
+    port = free_port()
     procs = []
     for rank in range(n):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n),
-                   LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
+        env = {**os.environ, **torchrun_environ(rank, n, port)}
         procs.append(subprocess.Popen(command, env=env))
 
     def forward(signum: int, _frame: object) -> None:
