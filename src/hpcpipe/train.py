@@ -37,6 +37,7 @@ from torch import nn
 from hpcpipe import process_group as distributed
 from hpcpipe.atomic import atomic_path, write_text
 from hpcpipe.checkpoint import CheckpointError, Checkpoints, StopRequest, TrainingStopped
+from hpcpipe.contracts import check_features
 from hpcpipe.loader import Prefetcher
 from hpcpipe.logs import progress
 from hpcpipe.models import build_model, checkpoint
@@ -242,14 +243,7 @@ class _Schedule:
 def _open_features(features_dir: Path) -> tuple[xr.Dataset, xr.Dataset]:
     train_ds = open_store(features_dir / "train.zarr", what="training features")
     val_ds = open_store(features_dir / "val.zarr", what="validation features")
-    for name in ("inputs", "targets", "mask"):
-        if name not in train_ds or name not in val_ds:
-            raise ValueError(f"features in {features_dir} lack {name!r} (docs/data-contracts.md)")
-    for coord in ("channel", "lead", "variable"):
-        if decode_str(train_ds[coord].values) != decode_str(val_ds[coord].values):
-            raise ValueError(f"{features_dir}: train.zarr and val.zarr differ in {coord!r}")
-    if train_ds["inputs"].shape[-2:] != val_ds["inputs"].shape[-2:]:
-        raise ValueError(f"{features_dir}: train.zarr and val.zarr have different grids")
+    check_features(train_ds, val_ds, features_dir)
     return train_ds, val_ds
 
 

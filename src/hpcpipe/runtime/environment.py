@@ -18,7 +18,7 @@ from typing import Literal
 Launcher = Literal["srun", "torchrun", "single"]
 
 # Where each launcher keeps each field (the first variable that is set wins), as in submitit.
-VARIABLES: dict[str, dict[str, tuple[str, ...]]] = {
+LAUNCHER_VARIABLES: dict[str, dict[str, tuple[str, ...]]] = {
     "torchrun": {
         "rank": ("RANK",),
         "local_rank": ("LOCAL_RANK",),
@@ -62,7 +62,7 @@ DEFAULT_PORT = 29500
 
 
 def _get(environ: Mapping[str, str], launcher: str, field: str) -> str | None:
-    for name in VARIABLES[launcher][field]:
+    for name in LAUNCHER_VARIABLES[launcher][field]:
         value = environ.get(name, "").strip()
         if value:
             return value
@@ -141,7 +141,7 @@ def visible_devices(environ: Mapping[str, str] = os.environ) -> list[str] | None
 
 def torchrun_environ(rank: int, world_size: int, port: int) -> dict[str, str]:
     """The variables torchrun gives rank ``rank`` of a one-node run (hpcpipe launch sets them)."""
-    tr = VARIABLES["torchrun"]
+    tr = LAUNCHER_VARIABLES["torchrun"]
     values = {"rank": rank, "local_rank": rank, "world_size": world_size,
               "local_world_size": world_size, "master_addr": "127.0.0.1", "master_port": port}  # fmt: skip
     return {tr[field][0]: str(value) for field, value in values.items()}
