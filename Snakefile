@@ -1,6 +1,7 @@
 # hpcpipe: generate|ingest -> preprocess -> features -> train (models x seeds) -> evaluate -> summary
 # The same workflow runs on a laptop (profiles/default, picked up automatically) and on
 # SLURM (--profile profiles/slurm). All logic lives in src/hpcpipe; rules only wire it.
+from snakemake.logging import logger
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -23,5 +24,13 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     default_target: True
     input:
-        "results/summary.csv",
-        "results/summary.png",
+        rules.summary.output.table,
+        rules.summary.output.chart,
+
+
+onsuccess:
+    logger.info(finished_message())
+
+
+onerror:
+    logger.error(failed_message())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config", "workflow", "profiles", "envs")
+from hpcpipe.scratch import copy_workflow
 
 TINY = {
     "dataset": {"builtin": {"n_days": 500, "n_lat": 16, "n_lon": 32}},
@@ -32,10 +30,7 @@ def deep_update(base: dict, new: dict) -> dict:
 
 
 def make_workdir(dest: Path, overrides: dict | None = None) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest / name)
+    copy_workflow(dest)
     cfg = yaml.safe_load((dest / "config" / "config.yaml").read_text())
     deep_update(cfg, TINY)
     deep_update(cfg, overrides or {})

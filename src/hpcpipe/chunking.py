@@ -79,6 +79,13 @@ def generated_chunk_days(
     return int(days)
 
 
+def axis_chunks(n: int, length: int) -> tuple[int, ...]:
+    """Dask chunks along an axis of ``n`` items: chunks of ``length`` (at most n), the rest last."""
+    length = min(int(length), n)
+    full, rest = divmod(n, length)
+    return (length,) * full + ((rest,) if rest else ())
+
+
 def preprocessed_chunks(ds: Any) -> dict[str, int]:
     """Chunks of the preprocessed store: the canonical time blocks of its anomaly."""
     _, n_vars, n_lat, n_lon = ds["anomaly"].shape

@@ -16,10 +16,11 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hpcpipe.generate.fields import FIELDS
+from hpcpipe.models import unet_grid_problem
 from hpcpipe.splits import sample_count
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
-BUILTIN_VARIABLES = ("t2m", "z500")
 
 
 class ConfigError(ValueError):
@@ -92,28 +93,30 @@ def _date(text: str, key: str, problems: list[str]) -> dt.date | None:
         return None
 
 
-def _cross_key_problems(c: dict) -> Iterator[str]:
+def _builtin_variable_problems(ds: dict) -> list[str]:
+    unknown = [v for v in ds["variables"] if v not in FIELDS]
+    if not unknown:
+        return []
+    return [f"dataset.variables: {unknown} not in the built-in dataset (it has {sorted(FIELDS)})"]
+
+
+def _path_problems(path: str | list[str]) -> list[str]:
+    """ingest.path (one path or several) names files that exist."""
+    if not path:
+        return ["ingest.path: required when dataset.source is 'file'"]
+    problems = []
+    for i, p in enumerate([path] if isinstance(path, str) else path):
+        key = "ingest.path" if isinstance(path, str) else f"ingest.path[{i}]"
+        if not Path(p).exists():
+            problems.append(f"{key}: {p!r} does not exist")
+    return problems
+
+
+def _split_periods(split: dict) -> tuple[dict[str, tuple[dt.date, dt.date]], list[str]]:
+    """The valid periods of preprocess.split, and what is wrong with the others and overall."""
     problems: list[str] = []
-    ds = c["dataset"]
-    if ds["source"] == "builtin":
-        unknown = [v for v in ds["variables"] if v not in BUILTIN_VARIABLES]
-        if unknown:
-            problems.append(
-                f"dataset.variables: {unknown} not in the built-in dataset "
-                f"(it has {list(BUILTIN_VARIABLES)})"
-            )
-    else:
-        path = c["ingest"]["path"]
-        if not path:
-            problems.append("ingest.path: required when dataset.source is 'file'")
-        else:
-            paths = [path] if isinstance(path, str) else path
-            for i, p in enumerate(paths):
-                key = "ingest.path" if isinstance(path, str) else f"ingest.path[{i}]"
-                if not Path(p).exists():
-                    problems.append(f"{key}: {p!r} does not exist")
     periods: dict[str, tuple[dt.date, dt.date]] = {}
-    for name, (start, end) in c["preprocess"]["split"].items():
+    for name, (start, end) in split.items():
         a = _date(start, f"preprocess.split.{name}[0]", problems)
         b = _date(end, f"preprocess.split.{name}[1]", problems)
         if a and b:
@@ -124,40 +127,68 @@ def _cross_key_problems(c: dict) -> Iterator[str]:
     for x, y in itertools.pairwise(names):
         if periods[y][0] <= periods[x][1]:
             problems.append(f"preprocess.split: periods {x} and {y} overlap")
-    if ds["source"] == "builtin" and periods:
-        b = ds["builtin"]
-        first = dt.date.fromisoformat(b["start"])
-        last = first + dt.timedelta(days=b["n_days"] - 1)
-        lags, leads = c["features"]["lags"], c["features"]["leads"]
-        for name, (a, e) in periods.items():
-            if a < first or e > last:
-                problems.append(
-                    f"preprocess.split.{name}: {a}..{e} is outside the built-in data "
-                    f"({first}..{last}, dataset.builtin.start and n_days)"
-                )
-                continue
-            i0, i1 = (a - first).days, (e - first).days + 1
-            if sample_count((i0, i1), lags, leads) < 1:
-                problems.append(
-                    f"preprocess.split.{name}: {i1 - i0} days are too few for features.lags "
-                    f"{lags} and features.leads {leads}"
-                )
-    if c["evaluate"]["headline_lead"] not in c["features"]["leads"]:
-        problems.append(
-            f"evaluate.headline_lead: {c['evaluate']['headline_lead']} is not one of "
-            f"features.leads {c['features']['leads']}"
-        )
-    if ds["source"] == "builtin" and "unet" in c["train"]["models"]:
-        depth = c["models"]["unet"]["depth"]
-        coarsen = c["preprocess"]["coarsen"]
-        for dim in ("n_lat", "n_lon"):
-            n = ds["builtin"][dim] // coarsen
-            if n % 2**depth:
-                problems.append(
-                    f"models.unet.depth: {depth} needs dataset.builtin.{dim}/preprocess.coarsen "
-                    f"({n}) to divide by {2**depth}"
-                )
+    return periods, problems
+
+
+def _builtin_period_problems(c: dict, periods: dict[str, tuple[dt.date, dt.date]]) -> list[str]:
+    """Each split period lies inside the built-in data and holds a sample."""
+    problems = []
+    b = c["dataset"]["builtin"]
+    first = dt.date.fromisoformat(b["start"])
+    last = first + dt.timedelta(days=b["n_days"] - 1)
+    lags, leads = c["features"]["lags"], c["features"]["leads"]
+    for name, (a, e) in periods.items():
+        if a < first or e > last:
+            problems.append(
+                f"preprocess.split.{name}: {a}..{e} is outside the built-in data "
+                f"({first}..{last}, dataset.builtin.start and n_days)"
+            )
+            continue
+        i0, i1 = (a - first).days, (e - first).days + 1
+        if sample_count((i0, i1), lags, leads) < 1:
+            problems.append(
+                f"preprocess.split.{name}: {i1 - i0} days are too few for features.lags "
+                f"{lags} and features.leads {leads}"
+            )
+    return problems
+
+
+def _headline_lead_problems(c: dict) -> list[str]:
+    lead, leads = c["evaluate"]["headline_lead"], c["features"]["leads"]
+    if lead in leads:
+        return []
+    return [f"evaluate.headline_lead: {lead} is not one of features.leads {leads}"]
+
+
+def _unet_problems(c: dict) -> list[str]:
+    """The built-in grid, after coarsening, suits the U-Net's depth (models.unet_grid_problem)."""
+    depth = c["models"]["unet"]["depth"]
+    coarsen = c["preprocess"]["coarsen"]
+    problems = []
+    for dim in ("n_lat", "n_lon"):
+        n = c["dataset"]["builtin"][dim] // coarsen
+        # Dimension by dimension, to name each one at fault: an n x n grid fails when n does.
+        if unet_grid_problem(depth, n, n) is not None:
+            problems.append(
+                f"models.unet.depth: {depth} needs dataset.builtin.{dim}/preprocess.coarsen "
+                f"({n}) to divide by {2**depth}"
+            )
+    return problems
+
+
+def _cross_key_problems(c: dict) -> Iterator[str]:
+    builtin = c["dataset"]["source"] == "builtin"
+    if builtin:
+        yield from _builtin_variable_problems(c["dataset"])
+    else:
+        yield from _path_problems(c["ingest"]["path"])
+    periods, problems = _split_periods(c["preprocess"]["split"])
     yield from problems
+    if builtin and periods:
+        yield from _builtin_period_problems(c, periods)
+    yield from _headline_lead_problems(c)
+    if builtin and "unet" in c["train"]["models"]:
+        yield from _unet_problems(c)
 
 
 def load(path: str | Path, *overlays: str | Path) -> dict:

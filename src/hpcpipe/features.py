@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from hpcpipe.contracts import check_preprocessed
 from hpcpipe.splits import period_bounds, sample_range
 
 log = logging.getLogger("hpcpipe.features")
@@ -35,8 +36,28 @@ def channel_names(variables: list[str], lags: list[int], derived: list[str]) -> 
     return names
 
 
+def _stacks(a: da.Array, s0: int, s1: int, params: dict[str, Any]) -> tuple[da.Array, da.Array]:
+    """Inputs (sample, channel, lat, lon) and targets (sample, lead, variable, lat, lon) of the
+    initial times [s0, s1) of the anomaly ``a`` (time, variable, lat, lon); NaN -> 0."""
+    parts = [a[s0 - lag : s1 - lag] for lag in params["lags"]]
+    if "gradient" in params["derived"]:
+        parts.append(
+            a[s0:s1].map_blocks(
+                _gradients,
+                chunks=(a[s0:s1].chunks[0], (2 * a.shape[1],), *a.chunks[2:]),
+                dtype=np.float32,
+            )
+        )
+    inputs = da.concatenate(parts, axis=1)
+    inputs = da.where(da.isnan(inputs), np.float32(0), inputs)
+    targets = da.stack([a[s0 + lead : s1 + lead] for lead in params["leads"]], axis=1)
+    targets = da.where(da.isnan(targets), np.float32(0), targets)
+    return inputs, targets
+
+
 def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Dataset:
     """The (lazy) features dataset of one split."""
+    check_preprocessed(pre)
     lags, leads, derived = params["lags"], params["leads"], params["derived"]
     bounds = period_bounds(pre["split"].values, split)
     if bounds is None:
@@ -48,19 +69,7 @@ def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Da
     if not isinstance(a, da.Array):
         a = da.from_array(a, chunks=(-1, -1, -1, -1))
     a = a.rechunk({1: -1, 2: -1, 3: -1})  # whole fields per chunk for the gradient
-    parts = [a[s0 - lag : s1 - lag] for lag in lags]
-    if "gradient" in derived:
-        parts.append(
-            a[s0:s1].map_blocks(
-                _gradients,
-                chunks=(a[s0:s1].chunks[0], (2 * a.shape[1],), *a.chunks[2:]),
-                dtype=np.float32,
-            )
-        )
-    inputs = da.concatenate(parts, axis=1)
-    inputs = da.where(da.isnan(inputs), np.float32(0), inputs)
-    targets = da.stack([a[s0 + lead : s1 + lead] for lead in leads], axis=1)
-    targets = da.where(da.isnan(targets), np.float32(0), targets)
+    inputs, targets = _stacks(a, s0, s1, params)
     mask = np.isfinite(pre["anomaly"].isel(time=s0).values)
 
     time = pre["time"].values

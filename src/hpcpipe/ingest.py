@@ -1,7 +1,8 @@
 """Ingest: read any CF NetCDF/Zarr dataset into the canonical raw store, or fail clearly.
 
 Canonical form (docs/data-contracts.md): dims (time, lat, lon), lat ascending, lon in
-[0, 360) ascending, time strictly increasing with a regular step, float32 variables.
+[0, 360) ascending, time strictly increasing with a regular step, float32 variables
+(the raw store's contract, which :func:`hpcpipe.contracts.check_raw` checks).
 Every check names the file and the variable or dimension at fault.
 """
 
@@ -13,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
-from hpcpipe.contracts import DatasetError
+from hpcpipe.contracts import RAW_DIMS, DatasetError, check_raw
 from hpcpipe.splits import sample_count, split_indices
 
 log = logging.getLogger("hpcpipe.ingest")
-DIMS = ("time", "lat", "lon")
 __all__ = ["DatasetError", "check_config_against_file", "check_serves", "ingest"]
 
 
@@ -120,7 +119,7 @@ def canonicalise(
             f"(it has variables {sorted(map(str, ds.data_vars))} and dims {sorted(map(str, ds.dims))})"
         )
     ds = ds.rename({k: v for k, v in inverse.items() if k != v})
-    for dim in DIMS:
+    for dim in RAW_DIMS:
         if dim not in ds.dims:
             raise DatasetError(
                 f"{name}: no dimension {dim!r} (dims are {sorted(map(str, ds.dims))}); "
@@ -132,31 +131,32 @@ def canonicalise(
             f"{name}: variable(s) {absent} not found (it has {sorted(map(str, ds.data_vars))}); "
             "fix dataset.variables or map names with ingest.rename"
         )
-    out = {}
-    for v in variables:
-        da = ds[v]
-        for dim in da.dims:
-            if dim not in DIMS:
-                if da.sizes[dim] != 1:
-                    raise DatasetError(
-                        f"{name}: variable {v!r} has extra dimension {dim!r} of size "
-                        f"{da.sizes[dim]}; select one level before ingesting"
-                    )
-                da = da.isel({dim: 0}, drop=True)
-        lacking = [d for d in DIMS if d not in da.dims]
-        if lacking:
-            raise DatasetError(
-                f"{name}: variable {v!r} lacks dimension(s) {lacking} (has {list(da.dims)})"
-            )
-        if da.dtype.kind not in "fiu":
-            raise DatasetError(f"{name}: variable {v!r} has non-numeric dtype {da.dtype}")
-        out[v] = da.transpose(*DIMS).astype("float32")
-    res = xr.Dataset(out)
+    res = xr.Dataset({v: _canonical_variable(ds[v], v, name) for v in variables})
     res = _normalise_coords(res, name)
     for v in variables:
         res[v].attrs = {k: ds[v].attrs[k] for k in ("units", "long_name") if k in ds[v].attrs}
     res.attrs = {"source": str(name)}
     return res
+
+
+def _canonical_variable(da: xr.DataArray, v: str, name: str) -> xr.DataArray:
+    """Variable ``v`` as float32 (time, lat, lon); a size-1 extra dimension is dropped."""
+    for dim in da.dims:
+        if dim not in RAW_DIMS:
+            if da.sizes[dim] != 1:
+                raise DatasetError(
+                    f"{name}: variable {v!r} has extra dimension {dim!r} of size "
+                    f"{da.sizes[dim]}; select one level before ingesting"
+                )
+            da = da.isel({dim: 0}, drop=True)
+    lacking = [d for d in RAW_DIMS if d not in da.dims]
+    if lacking:
+        raise DatasetError(
+            f"{name}: variable {v!r} lacks dimension(s) {lacking} (has {list(da.dims)})"
+        )
+    if da.dtype.kind not in "fiu":
+        raise DatasetError(f"{name}: variable {v!r} has non-numeric dtype {da.dtype}")
+    return da.transpose(*RAW_DIMS).astype("float32")
 
 
 def _normalise_coords(ds: xr.Dataset, name: str) -> xr.Dataset:
@@ -183,28 +183,11 @@ def _normalise_coords(ds: xr.Dataset, name: str) -> xr.Dataset:
     return ds
 
 
-def time_step(ds: xr.Dataset, name: str) -> Any:
-    """The regular time step of ``ds``; a gap or irregular step is an error."""
-    times = ds.indexes["time"]
-    if len(times) < 2:
-        raise DatasetError(
-            f"{name}: only {len(times)} time step(s); at least the split periods are needed"
-        )
-    steps = np.unique(np.asarray(times[1:] - times[:-1]))
-    if len(steps) != 1:
-        raise DatasetError(
-            f"{name}: the time step is irregular ({len(steps)} different steps, e.g. "
-            f"{pd.Timedelta(steps[0])} and {pd.Timedelta(steps[-1])}); a gap or missing "
-            "time steps? regrid in time first"
-        )
-    return steps[0]
-
-
 def check_serves(
     ds: xr.Dataset, variables: list[str], split: dict, lags: list[int], leads: list[int], name: str
 ) -> dict[str, int]:
     """Check that ``ds`` can feed every split with the lags and leads; return sample counts."""
-    time_step(ds, name)
+    check_raw(ds, variables, name)
     bounds = split_indices(ds, split, name)
     counts = {}
     for part, (i0, i1) in bounds.items():
@@ -233,7 +216,7 @@ def ingest(path: str | list[str], params: dict[str, Any]) -> xr.Dataset:
     the data again.
     """
     ds, name = open_canonical(path, params["variables"], params.get("rename", {}))
-    time_step(ds, name)
+    check_raw(ds, params["variables"], name)
     if "split" in params:
         counts = check_serves(
             ds, params["variables"], params["split"], params["lags"], params["leads"], name

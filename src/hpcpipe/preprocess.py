@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from hpcpipe import chunking, splits
+from hpcpipe.contracts import check_raw
 from hpcpipe.periods import period_index
 
 log = logging.getLogger("hpcpipe.preprocess")
@@ -157,38 +158,25 @@ def _moments(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _quantile_block(x: np.ndarray, q: float) -> np.ndarray:
-    f = np.nanquantile if np.isnan(x).any() else np.quantile
-    with np.errstate(all="ignore"):
-        return f(x, q, axis=0).astype(np.float32)
-
-
-def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dict]:
-    """The preprocessed dataset (lazy where large) and the stats for stats.json."""
-    variables = params["variables"]
+def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr.DataArray:
+    """The variables as one (time, variable, lat, lon) float32 array, coarsened, in the
+    canonical time blocks."""
     x = raw[variables].to_array("variable").transpose("time", "variable", "lat", "lon")
     # One chunk holds every variable and the whole grid: blockwise ops then see whole fields.
     x = x.astype(np.float32).chunk({"variable": -1, "lat": -1, "lon": -1})
-    if params["coarsen"] > 1:
-        c = params["coarsen"]
-        x = x.coarsen(lat=c, lon=c, boundary="trim").mean()
-    # Canonical time blocks, set by the data's shape alone: the reductions below then add up
-    # in the same order whatever the input's chunking or the number of workers, so results
-    # are bit-identical across both (floating-point sums depend on their order).
+    if coarsen > 1:
+        x = x.coarsen(lat=coarsen, lon=coarsen, boundary="trim").mean()
+    # Canonical time blocks, set by the data's shape alone: the reductions then add up in the
+    # same order whatever the input's chunking or the number of workers, so results are
+    # bit-identical across both (floating-point sums depend on their order).
     step = chunking.bytes_per_step(x.sizes["variable"], x.sizes["lat"], x.sizes["lon"])
-    x = x.chunk({"time": chunking.time_chunk_length(x.sizes["time"], step)})
-    bounds = splits.split_indices(raw, params["split"], "raw data")
-    t0, t1 = bounds["train"]
-    train = x.isel(time=slice(t0, t1))
-    kind = params["climatology"]
-    log.info(
-        "climatology (%s, window %d) over %d training steps",
-        kind,
-        params["climatology_window"],
-        t1 - t0,
-    )
-    clim = climatology(train, kind, params["climatology_window"])
+    return x.chunk({"time": chunking.time_chunk_length(x.sizes["time"], step)})
 
+
+def _normalisation(
+    train: xr.DataArray, clim: xr.DataArray, variables: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per variable of the training period's anomalies (float64)."""
     zero, one = np.zeros(len(variables)), np.ones(len(variables))
     raw_anom = anomalies(train, clim, zero, one).data
     parts = [dask.delayed(_moments)(blk) for blk in raw_anom.to_delayed().ravel()]
@@ -201,17 +189,29 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
         raise ValueError(
             f"variable(s) {bad} have no variability in the training period; cannot normalise"
         )
-    anom = anomalies(x, clim, mean, std)
+    return mean, std
 
-    labels = splits.labels(x.sizes["time"], bounds)
+
+def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dict]:
+    """The preprocessed dataset (lazy where large) and the stats for stats.json."""
+    variables = params["variables"]
+    check_raw(raw, variables)
+    x = _canonical_blocks(raw, variables, params["coarsen"])
+    bounds = splits.split_indices(raw, params["split"], "raw data")
+    t0, t1 = bounds["train"]
+    train = x.isel(time=slice(t0, t1))
+    kind, window = params["climatology"], params["climatology_window"]
+    log.info("climatology (%s, window %d) over %d training steps", kind, window, t1 - t0)
+    clim = climatology(train, kind, window)
+    mean, std = _normalisation(train, clim, variables)
     out = xr.Dataset(
         {
-            "anomaly": anom,
+            "anomaly": anomalies(x, clim, mean, std),
             "climatology": clim,
             "mean": ("variable", mean.astype(np.float64)),
             "std": ("variable", std.astype(np.float64)),
         },
-        coords={"split": ("time", labels)},
+        coords={"split": ("time", splits.labels(x.sizes["time"], bounds))},
     )
     out["anomaly"].attrs = {"long_name": "normalised anomaly", "units": "1"}
     out["climatology"].attrs = {"long_name": f"{kind} climatology of the training period"}
@@ -226,26 +226,3 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
         "grid": [int(x.sizes["lat"]), int(x.sizes["lon"])],
     }
     return out, stats
-
-
-def thresholds(pre: xr.Dataset, params: dict[str, Any]) -> xr.Dataset:
-    """Per-grid-point quantile of the training-period normalised anomaly (extreme events).
-
-    A separate step from preprocess so that changing the quantile reruns evaluation only.
-    """
-    q = params["extreme_quantile"]
-    bounds = splits.period_bounds(pre["split"].values, "train")
-    if bounds is None:
-        raise ValueError("the preprocessed store has no training period")
-    train = pre["anomaly"].isel(time=slice(*bounds)).data
-    nt, nv, _, nx = train.shape
-    # The quantile needs the whole time series of a point: chunk by latitude rows instead.
-    rows = chunking.threshold_rows(nt, nv, nx)
-    qd = train.rechunk({0: -1, 1: -1, 2: rows, 3: -1}).map_blocks(
-        _quantile_block, q, drop_axis=0, dtype=np.float32
-    )
-    coords = {k: pre.coords[k] for k in ("variable", "lat", "lon")}
-    out = xr.Dataset({"quantile": xr.DataArray(qd, dims=("variable", "lat", "lon"), coords=coords)})
-    out["quantile"].attrs = {"long_name": f"{q} quantile of training-period normalised anomaly"}
-    out.attrs["extreme_quantile"] = q
-    return out

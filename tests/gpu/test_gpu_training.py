@@ -11,7 +11,7 @@ import pytest
 import torch
 from trainingdata import make_features
 
-from hpcpipe.train import train
+from hpcpipe.train.trainer import train
 
 pytestmark = pytest.mark.gpu
 

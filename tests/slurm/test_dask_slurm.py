@@ -19,8 +19,8 @@ from testdata import PREPROCESS_PARAMS as PARAMS
 from testdata import make_raw
 
 from hpcpipe import preprocess as pp
-from hpcpipe.dask_cluster import DaskSettings, JobqueueSettings, dask_runtime
 from hpcpipe.runtime.allocation import Allocation
+from hpcpipe.runtime.dask import DaskSettings, JobqueueSettings, dask_runtime
 from hpcpipe.store import open_store, write_store
 
 pytestmark = pytest.mark.slurm

@@ -15,9 +15,10 @@ import torch
 from test_train import CNN, TRAIN_CFG, _history
 from trainingdata import make_features
 
-from hpcpipe import process_group
-from hpcpipe.checkpoint import KEEP, CheckpointError, Checkpoints, TrainingStopped
-from hpcpipe.train import run_identity, train
+from hpcpipe.train import process_group
+from hpcpipe.train.checkpoint import KEEP, CheckpointError, Checkpoints, run_identity
+from hpcpipe.train.stop import TrainingStopped
+from hpcpipe.train.trainer import train
 
 # Long enough to be stopped mid-way (7 steps per epoch), short enough for CI.
 CFG = TRAIN_CFG | {"epochs": 5, "lr_schedule": "cosine", "checkpoint_every": 3}
@@ -27,7 +28,8 @@ def _train_cmd(features: Path, out: Path, ckpt: Path, cfg: dict = CFG) -> list[s
     params = json.dumps({"train": cfg, "model": CNN})
     return [
         sys.executable, "-m", "hpcpipe.cli", "train", "--params", params,
-        "--features", str(features), "--model", "cnn", "--seed", "0", "--threads", "1",
+        "--train", str(features / "train.zarr"), "--val", str(features / "val.zarr"),
+        "--model", "cnn", "--seed", "0", "--threads", "1",
         "--output", str(out / "model.pt"), "--history", str(out / "history.csv"),
         "--checkpoints", str(ckpt), "--log", str(out / "train.log"),
     ]  # fmt: skip
@@ -172,7 +174,7 @@ def test_requeued_job_without_checkpoint_fails_clearly(
 
 def test_stop_request_in_process(features: Path, tmp_path: Path) -> None:
     """The flag a signal sets stops the loop at the next step with TrainingStopped."""
-    from hpcpipe import train as train_module
+    from hpcpipe.train import trainer as train_module
 
     real = train_module.StopRequest
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,13 @@ def test_unreadable_config_file(tmp_path: Path):
         load(p)
     with pytest.raises(ConfigError, match="not found"):
         load(tmp_path / "missing.yaml")
+
+
+def test_config_imports_no_array_or_torch_library():
+    """Snakemake validates the config in every job: xarray, Dask or torch would cost seconds."""
+    code = (
+        "import sys, hpcpipe.config\n"
+        "print(sorted(m for m in ('xarray', 'dask', 'torch') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"

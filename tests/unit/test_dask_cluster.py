@@ -21,14 +21,15 @@ from testdata import SPLIT, lazy_raw, make_raw
 from hpcpipe import chunking
 from hpcpipe import preprocess as pp
 from hpcpipe.config import load_schema
-from hpcpipe.dask_cluster import (
+from hpcpipe.runtime.allocation import Allocation
+from hpcpipe.runtime.dask import (
     DaskClusterError,
     DaskSettings,
     JobqueueSettings,
     dask_runtime,
-    slurm_cluster_kwargs,
+    serve_allocation_worker,
 )
-from hpcpipe.runtime.allocation import Allocation
+from hpcpipe.runtime.dask.jobqueue import slurm_cluster_kwargs
 from hpcpipe.store import open_store, write_store
 
 ALLOC = Allocation(cpus=2, memory_bytes=2 * 2**30, gpus=0, in_slurm=False)
@@ -151,8 +152,6 @@ def test_jobqueue_without_slurm_names_the_mode(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_allocation_outside_srun_names_the_mode(monkeypatch: pytest.MonkeyPatch):
-    from hpcpipe.dask_cluster import serve_allocation_worker
-
     for var in ("SLURM_PROCID", "RANK", "WORLD_SIZE", "SLURM_STEP_ID"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(DaskClusterError, match=r"mode 'allocation'.*srun -n"):

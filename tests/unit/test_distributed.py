@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hpcpipe import process_group
 from hpcpipe.runtime.allocation import threads_per_rank
 from hpcpipe.runtime.environment import DistEnv, expand_nodelist
+from hpcpipe.train import process_group
 
 
 @pytest.mark.parametrize(

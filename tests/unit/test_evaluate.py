@@ -1,4 +1,4 @@
-"""hpcpipe.evaluate on small synthetic preprocessed and test stores that follow the contracts."""
+"""hpcpipe.evaluate (scoring, step, summary) on small synthetic stores that follow the contracts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from hpcpipe import evaluate as ev
+from hpcpipe.evaluate import scoring, step, summary
 
 VARIABLES = ["t2m", "z500"]
 LEADS = [1, 2]
@@ -150,7 +150,7 @@ def test_perfect_forecast_and_hand_baselines(tmp_path: Path, calendar: str, kind
         assert "cftime" in type(test["time"].values[0]).__module__
     else:
         assert np.issubdtype(test["time"].dtype, np.datetime64)
-    res = ev.evaluate_forecasts(perfect(test), test, pre, PARAMS)
+    res = scoring.evaluate_forecasts(perfect(test), test, pre, PARAMS)
     m = res["metrics"]
     hand = hand_baselines(raw)
     for v in VARIABLES:
@@ -170,7 +170,7 @@ def test_perfect_forecast_and_hand_baselines(tmp_path: Path, calendar: str, kind
 def test_bad_forecast_does_not_beat_baselines(tmp_path: Path) -> None:
     make_stores(tmp_path, "datetime64")
     test, pre = open_both(tmp_path)
-    res = ev.evaluate_forecasts(perfect(test) + 5.0, test, pre, PARAMS)
+    res = scoring.evaluate_forecasts(perfect(test) + 5.0, test, pre, PARAMS)
     assert res["metrics"]["beats_baselines"] == {"t2m": False, "z500": False}
     # A uniform error of 5 normalised units is 5*std in physical units.
     assert res["metrics"]["rmse"]["model"]["z500"]["1"] == pytest.approx(5.0 * STD[1])
@@ -180,7 +180,7 @@ def test_headline_lead_must_be_a_lead(tmp_path: Path) -> None:
     make_stores(tmp_path, "datetime64")
     test, pre = open_both(tmp_path)
     with pytest.raises(ValueError, match="headline_lead"):
-        ev.evaluate_forecasts(perfect(test), test, pre, {**PARAMS, "headline_lead": 7})
+        scoring.evaluate_forecasts(perfect(test), test, pre, {**PARAMS, "headline_lead": 7})
 
 
 def write_history(path: Path) -> None:
@@ -194,6 +194,12 @@ def write_history(path: Path) -> None:
             "seconds": 1.0,
         }
     ).to_csv(path, index=False)
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    """The five declared outputs under ``out``, named as the workflow rule names them."""
+    names = ("metrics.json", "metrics.csv", "skill_vs_lead.png", "error_maps.png", "loss_curve.png")
+    return dict(zip(step.OUTPUTS, (out / n for n in names), strict=True))
 
 
 def check_outputs(out: Path) -> dict:
@@ -231,11 +237,11 @@ def check_outputs(out: Path) -> dict:
 def test_outputs_written(tmp_path: Path) -> None:
     make_stores(tmp_path, "noleap")
     test, pre = open_both(tmp_path)
-    res = ev.evaluate_forecasts(perfect(test), test, pre, PARAMS)
+    res = scoring.evaluate_forecasts(perfect(test), test, pre, PARAMS)
     res["metrics"] = {"model": "cnn", "seed": 0, **res["metrics"]}
     write_history(tmp_path / "history.csv")
     out = tmp_path / "eval" / "cnn" / "0"
-    ev.write_outputs(res, out, history_csv=tmp_path / "history.csv")
+    step.write_outputs(res, output_paths(out), history_csv=tmp_path / "history.csv")
     m = check_outputs(out)
     assert m["model"] == "cnn" and m["seed"] == 0
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
@@ -244,9 +250,9 @@ def test_outputs_written(tmp_path: Path) -> None:
 def test_evaluate_end_to_end_with_a_persistence_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """evaluate() with a stand-in hpcpipe.models whose 'model' repeats the lag-0 input."""
+    """evaluate() with a stand-in hpcpipe.models.files whose 'model' repeats the lag-0 input."""
     make_stores(tmp_path, "datetime64")
-    fake = types.ModuleType("hpcpipe.models")
+    fake = types.ModuleType("hpcpipe.models.files")
 
     def load_model(path: Any, map_location: str = "cpu") -> tuple[Any, dict]:
         return object(), {
@@ -260,19 +266,20 @@ def test_evaluate_end_to_end_with_a_persistence_model(
         return np.repeat(inputs[:, None], len(LEADS), axis=1)
 
     fake.load_model, fake.predict = load_model, predict  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "hpcpipe.models", fake)
+    monkeypatch.setitem(sys.modules, "hpcpipe.models.files", fake)
     model_path = tmp_path / "models" / "persist" / "3" / "model.pt"
     write_history(model_path.parent / "history.csv")
     out = tmp_path / "eval"
     thr = xr.open_zarr(tmp_path / "preprocessed.zarr")[["quantile"]].load()
     thr.attrs["extreme_quantile"] = 0.9
     thr.to_zarr(tmp_path / "thresholds.zarr", zarr_format=2)
-    m = ev.evaluate(
+    m = step.evaluate(
         model_path,
+        model_path.parent / "history.csv",
         tmp_path / "test.zarr",
         tmp_path / "preprocessed.zarr",
         tmp_path / "thresholds.zarr",
-        out,
+        output_paths(out),
         PARAMS,
     )
     assert check_outputs(out) == m
@@ -292,12 +299,12 @@ def test_summarize(tmp_path: Path) -> None:
     test, pre = open_both(tmp_path)
     paths = []
     for model, seed, err in (("cnn", 0, 0.0), ("cnn", 1, 0.1), ("unet", 0, 0.2)):
-        res = ev.evaluate_forecasts(perfect(test) + err, test, pre, PARAMS)
+        res = scoring.evaluate_forecasts(perfect(test) + err, test, pre, PARAMS)
         p = tmp_path / model / str(seed) / "metrics.json"
         p.parent.mkdir(parents=True)
         p.write_text(json.dumps({"model": model, "seed": seed, **res["metrics"]}))
         paths.append(p)
-    ev.summarize(paths, tmp_path / "summary.csv", tmp_path / "summary.png")
+    summary.summarize(paths, tmp_path / "summary.csv", tmp_path / "summary.png")
     df = pd.read_csv(tmp_path / "summary.csv")
     assert len(df) == 3 * len(VARIABLES)
     assert {
@@ -311,3 +318,10 @@ def test_summarize(tmp_path: Path) -> None:
     row = df[(df["model"] == "unet") & (df["variable"] == "z500")].iloc[0]
     assert row["rmse_model"] == pytest.approx(0.2 * STD[1])
     assert (tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_outputs_must_be_exactly_the_declared_ones(tmp_path: Path) -> None:
+    paths = output_paths(tmp_path)
+    with pytest.raises(ValueError, match=r"missing \['loss'\], unknown \['plot'\]"):
+        step.output_paths({**{k: p for k, p in paths.items() if k != "loss"}, "plot": "x.png"})
+    assert step.output_paths(paths) == paths

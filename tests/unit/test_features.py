@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from testdata import PREPROCESS_PARAMS
 
+from hpcpipe.contracts import check_features_store
 from hpcpipe.features import channel_names, split_features
 from hpcpipe.preprocess import preprocess
 
@@ -10,19 +12,14 @@ FEAT = {"lags": [0, 2], "leads": [1, 3], "derived": ["gradient"]}
 
 
 def pre_for(raw: xr.Dataset, split: dict) -> xr.Dataset:
-    p = {
-        "variables": ["t2m", "z500"],
-        "coarsen": 1,
-        "climatology": "month",
-        "climatology_window": 1,
-        "split": split,
-    }
+    p = {**PREPROCESS_PARAMS, "climatology": "month", "climatology_window": 1, "split": split}
     return preprocess(raw, p)[0].load()
 
 
 def test_samples_are_lagged_and_led_slices(raw: xr.Dataset, split: dict):
     pre = pre_for(raw, split)
     ds = split_features(pre, "val", FEAT).load()
+    check_features_store(ds, "val")
     a = pre["anomaly"]
     t_first = int(np.nonzero(pre["split"].values == "val")[0][0])
     # val starts at its first step (lags may reach into train); its last target stays in val

@@ -11,8 +11,11 @@ import pytest
 import xarray as xr
 import xarray.testing as xrt
 
-from hpcpipe import generate as g
 from hpcpipe.chunking import generated_chunk_days
+from hpcpipe.contracts import check_raw
+from hpcpipe.generate import dataset as g
+from hpcpipe.generate import spectral as sp
+from hpcpipe.generate.fields import FIELDS
 
 PARAMS: dict[str, Any] = {
     "seed": 42,
@@ -30,7 +33,7 @@ def _params(**overrides: Any) -> dict[str, Any]:
 def _anomaly(ds: xr.Dataset, name: str) -> np.ndarray:
     """Anomaly in model units (z500 has unit variance): (x - base - season) / scale."""
     mean = g.mean_state(name, ds.lat.values, ds.time.values)[:, :, None]
-    return (ds[name].values.astype(np.float64) - mean) / g._model(
+    return (ds[name].values.astype(np.float64) - mean) / sp.spectral_model(
         ds.sizes["lat"], ds.sizes["lon"]
     ).scale[name]
 
@@ -52,10 +55,9 @@ def test_structure_coords_attrs_dtypes() -> None:
     assert np.all(np.diff(ds.time.values) == np.timedelta64(1, "D"))
     np.testing.assert_allclose(ds.lat.values, np.arange(-78.75, 90, 22.5))
     np.testing.assert_allclose(ds.lon.values, np.arange(0, 360, 22.5))
+    check_raw(ds)  # dims (time, lat, lon), float32, coordinates ascending, regular time
     units = {"t2m": "K", "z500": "m"}
     for name, da in ds.data_vars.items():
-        assert da.dims == ("time", "lat", "lon")
-        assert da.dtype == np.float32
         assert isinstance(da.data, dask.array.Array)  # lazy
         assert da.attrs["units"] == units[name]
         assert da.attrs["long_name"]
@@ -159,7 +161,7 @@ def test_seasonal_cycle_sign_per_hemisphere(two_years: xr.Dataset) -> None:
 
 def test_anomaly_size_and_persistence(two_years: xr.Dataset) -> None:
     for name, target in (("t2m", 3.0), ("z500", 80.0)):
-        a = _anomaly(two_years, name) * g._model(32, 64).scale[name]
+        a = _anomaly(two_years, name) * sp.spectral_model(32, 64).scale[name]
         assert 0.75 * target < a.std() < 1.25 * target
         lag1 = float(np.mean(a[1:] * a[:-1]) / np.mean(a * a))
         assert 0.6 < lag1 < 0.9, (name, lag1)
@@ -174,17 +176,17 @@ def test_fields_move_downwind(two_years: xr.Dataset) -> None:
         best = int(shifts[int(np.argmax(corr))])
         assert best >= 1, (name, corr)
         assert best <= 3
-    assert g.VARIABLES["z500"].wind_x > g.VARIABLES["t2m"].wind_x > 0
+    assert FIELDS["z500"].wind_x > FIELDS["t2m"].wind_x > 0
 
 
 def test_optimal_linear_forecast_beats_persistence_and_climatology(two_years: xr.Dataset) -> None:
     """The true one-day operator A a(t) is learnable skill: well below both baselines."""
     n_lat, n_lon = 32, 64
-    model = g._model(n_lat, n_lon)
+    model = sp.spectral_model(n_lat, n_lon)
     z, t = _anomaly(two_years, "z500"), _anomaly(two_years, "t2m")
 
     def advance(a: np.ndarray, name: str) -> np.ndarray:
-        phi = g.propagator_grid(name, n_lat, n_lon)
+        phi = sp.propagator_grid(name, n_lat, n_lon)
         spec = np.fft.rfft2(a, norm="forward")
         return np.fft.irfft2(phi * spec, s=(n_lat, n_lon), norm="forward")
 
@@ -209,26 +211,26 @@ def _continuous_reference(
 ) -> dict[str, np.ndarray]:
     """The process run once, without blocks or truncated spin-up, from zero at the first
     block's spin-up start, with the same noise: an independent implementation."""
-    model = g._model(n_lat, n_lon)
+    model = sp.spectral_model(n_lat, n_lon)
     n = model.n_modes
     z = np.zeros(n, complex)
     t = np.zeros(n, complex)
-    begin = (start_day // g.BLOCK_DAYS) * g.BLOCK_DAYS - g.SPINUP_DAYS
+    begin = (start_day // sp.BLOCK_DAYS) * sp.BLOCK_DAYS - sp.SPINUP_DAYS
     buf = np.zeros((n_lat, n_lon // 2 + 1), complex)
     fields: dict[str, list[np.ndarray]] = {"z500": [], "t2m": []}
     noise: dict[str, np.ndarray] = {}
     for day in range(begin, start_day + n_days):
-        group, i = divmod(day, g.GROUP_DAYS)
+        group, i = divmod(day, sp.GROUP_DAYS)
         if i == 0 or not noise:
             noise = {
-                name: g._noise(seed, spec, group, n, model.mean_pos)
-                for name, spec in g.VARIABLES.items()
+                name: sp.noise(seed, spec, group, n, model.mean_pos)
+                for name, spec in FIELDS.items()
             }
         t = model.phi["t2m"] * t + model.coupling * z + model.sigma["t2m"] * noise["t2m"][i]
         z = model.phi["z500"] * z + model.sigma["z500"] * noise["z500"][i]
         if day >= start_day:
             for name, state in (("z500", z), ("t2m", t)):
-                fields[name].append(model.scale[name] * g._to_grid(model, state, buf))
+                fields[name].append(model.scale[name] * sp.to_grid(model, state, buf))
     days = np.datetime64("1970-01-01") + np.arange(start_day, start_day + n_days)
     lat = g.latitudes(n_lat)
     return {
@@ -246,7 +248,7 @@ def test_block_spinup_truncation_is_invisible() -> None:
     for name in ("t2m", "z500"):
         got = ds[name].values
         assert np.all(np.abs(got.astype(np.float64) - ref[name]) <= np.spacing(got)), name
-    assert math.exp(-min(s.damping for s in g.VARIABLES.values()) * g.SPINUP_DAYS) < 1e-6
+    assert math.exp(-min(s.damping for s in FIELDS.values()) * sp.SPINUP_DAYS) < 1e-6
 
 
 def test_odd_grid() -> None:
@@ -258,14 +260,21 @@ def test_odd_grid() -> None:
 
 def test_generated_chunk_days() -> None:
     # default size: a single chunk (never more than n_days)
-    assert generated_chunk_days(32, 64, 2, g.BLOCK_DAYS, n_days=1096) == 1096
-    assert generated_chunk_days(32, 64, 2, g.BLOCK_DAYS, n_days=5) == 5
+    assert generated_chunk_days(32, 64, 2, sp.BLOCK_DAYS, n_days=1096) == 1096
+    assert generated_chunk_days(32, 64, 2, sp.BLOCK_DAYS, n_days=5) == 5
     # at scale: 64-256 MB per chunk of all variables
     for n_lat, n_lon, n_vars in [(181, 360, 2), (721, 1440, 2), (721, 1440, 1), (361, 720, 2)]:
-        days = generated_chunk_days(n_lat, n_lon, n_vars, g.BLOCK_DAYS, n_days=100_000)
+        days = generated_chunk_days(n_lat, n_lon, n_vars, sp.BLOCK_DAYS, n_days=100_000)
         size = days * n_lat * n_lon * n_vars * 4
         assert 64 * 2**20 <= size <= 256 * 2**20, (n_lat, n_lon, days, size)
-        assert days < g.BLOCK_DAYS or days % g.BLOCK_DAYS == 0
-    assert generated_chunk_days(4000, 8000, 2, g.BLOCK_DAYS) == 1  # at least one day
+        assert days < sp.BLOCK_DAYS or days % sp.BLOCK_DAYS == 0
+    assert generated_chunk_days(4000, 8000, 2, sp.BLOCK_DAYS) == 1  # at least one day
     ds = g.generate_dataset(PARAMS, ["t2m", "z500"])
     assert ds.t2m.data.chunks[0] == (1096,)
+
+
+def test_the_package_gives_the_generator_and_the_field_names():
+    import hpcpipe.generate
+
+    assert hpcpipe.generate.generate_dataset is g.generate_dataset
+    assert hpcpipe.generate.FIELDS is FIELDS and list(FIELDS) == ["z500", "t2m"]

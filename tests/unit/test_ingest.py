@@ -9,7 +9,8 @@ import pytest
 import xarray as xr
 from testdata import make_raw
 
-from hpcpipe.ingest import DatasetError, ingest
+from hpcpipe.contracts import DatasetError, check_raw
+from hpcpipe.ingest import ingest
 
 LAGS, LEADS = [0, 1], [1, 2]
 
@@ -34,8 +35,7 @@ def test_era5_style_netcdf_is_canonicalised(tmp_path: Path, raw: xr.Dataset, spl
     src.to_netcdf(path)
     rename = {"time": "valid_time", "lat": "latitude", "lon": "longitude", "t2m": "2t"}
     out = ingest(str(path), params(split, rename=rename)).load()
-    assert out["t2m"].dims == ("time", "lat", "lon") and out["t2m"].dtype == np.float32
-    assert np.all(np.diff(out.lat) > 0) and np.all(np.diff(out.lon) > 0) and out.lon.min() >= 0
+    check_raw(out)  # float32 (time, lat, lon), lat and lon ascending, lon from 0
     xr.testing.assert_allclose(out["t2m"], raw["t2m"], rtol=1e-6)
     xr.testing.assert_allclose(out["z500"], raw["z500"], rtol=1e-6)
 

@@ -1,4 +1,4 @@
-"""hpcpipe.metrics against hand-computed numpy on small arrays."""
+"""hpcpipe.evaluate.metrics against hand-computed numpy on small arrays."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 import xarray.testing as xrt
 
-from hpcpipe import metrics
+from hpcpipe.evaluate import metrics
 
 LAT = np.array([-60.0, 0.0, 60.0])
 LON = np.array([0.0, 90.0, 180.0, 270.0])

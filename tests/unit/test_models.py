@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpcpipe.models import CheckpointError, build_model, checkpoint, load_model, predict
+from hpcpipe.models.files import ModelFileError, load_model, model_file, predict
+from hpcpipe.models.nets import build_model
 
 GRID = (8, 16)
 CASES = [
@@ -85,7 +86,7 @@ def _save(model: torch.nn.Module, path: Path, name: str, cfg: dict) -> dict:
         "train_config": {"epochs": 4},
         "seed": 0,
     }
-    torch.save(checkpoint(model, name, cfg, meta), path)
+    torch.save(model_file(model, name, cfg, meta), path)
     return meta
 
 
@@ -115,14 +116,14 @@ def test_load_model_and_predict(tmp_path: Path, name: str, cfg: dict) -> None:
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "model.pt"
-    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+    with pytest.raises(ModelFileError, match=re.escape(str(path))):
         load_model(path)
 
 
 def test_corrupt_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     path.write_bytes(b"this is not a torch checkpoint")
-    with pytest.raises(CheckpointError, match=re.escape(f"cannot read model checkpoint {path}")):
+    with pytest.raises(ModelFileError, match=re.escape(f"cannot read model checkpoint {path}")):
         load_model(path)
 
 
@@ -131,12 +132,12 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     _save(model, path, "cnn", {"channels": 4, "layers": 2})
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+    with pytest.raises(ModelFileError, match=re.escape(str(path))):
         load_model(path)
 
 
 def test_checkpoint_without_required_keys(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.save({"model": "cnn"}, path)
-    with pytest.raises(CheckpointError, match=r"lacks \['model_config'"):
+    with pytest.raises(ModelFileError, match=r"lacks \['model_config'"):
         load_model(path)

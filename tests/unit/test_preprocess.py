@@ -3,20 +3,16 @@ from __future__ import annotations
 import dask
 import numpy as np
 import xarray as xr
-from testdata import make_raw
+from testdata import PREPROCESS_PARAMS, make_raw
 
-from hpcpipe.preprocess import preprocess, thresholds
+from hpcpipe.contracts import check_preprocessed, check_thresholds
+from hpcpipe.preprocess import preprocess
+from hpcpipe.thresholds import thresholds
 
 
 def params(split: dict, **kw) -> dict:
-    return {
-        "variables": ["t2m", "z500"],
-        "coarsen": 1,
-        "climatology": "month",
-        "climatology_window": 1,
-        "split": split,
-        **kw,
-    }
+    monthly = {"climatology": "month", "climatology_window": 1}
+    return {**PREPROCESS_PARAMS, **monthly, "split": split, **kw}
 
 
 def reference(raw: xr.Dataset, split: dict, coarsen: int = 1) -> xr.DataArray:
@@ -35,6 +31,7 @@ def reference(raw: xr.Dataset, split: dict, coarsen: int = 1) -> xr.DataArray:
 
 def test_matches_in_memory_xarray(raw: xr.Dataset, split: dict):
     out, stats = preprocess(raw.chunk(time=100), params(split))
+    check_preprocessed(out)
     ref = reference(raw, split)
     xr.testing.assert_allclose(
         out["anomaly"].drop_vars("split").load().astype("float64"),
@@ -84,7 +81,9 @@ def test_dayofyear_climatology_covers_every_day_with_cftime(split: dict):
 
 def test_thresholds_are_training_quantiles(raw: xr.Dataset, split: dict):
     out, _ = preprocess(raw, params(split))
-    q = thresholds(out, {"extreme_quantile": 0.9})["quantile"].load()
+    ds = thresholds(out, {"extreme_quantile": 0.9})
+    check_thresholds(ds)
+    q = ds["quantile"].load()
     train = out["anomaly"].sel(time=slice(*split["train"])).load()
     xr.testing.assert_allclose(
         q, train.quantile(0.9, dim="time").drop_vars("quantile").astype("float32"), rtol=1e-5

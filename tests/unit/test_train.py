@@ -16,10 +16,11 @@ import torch.multiprocessing as mp
 import xarray as xr
 from trainingdata import GRID, LEADS, VARIABLES, make_features
 
-from hpcpipe import train as train_module
 from hpcpipe.atomic import stale_temporaries
-from hpcpipe.models import load_model, predict
-from hpcpipe.train import HISTORY_COLUMNS, train
+from hpcpipe.models.files import load_model, predict
+from hpcpipe.train import data as train_data
+from hpcpipe.train.state import HISTORY_COLUMNS
+from hpcpipe.train.trainer import train
 
 CNN = {"channels": 12, "layers": 3, "kernel_size": 3}
 TRAIN_CFG = {
@@ -135,7 +136,7 @@ def test_unet_plateau_and_chunked_reading(
     features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The U-Net trains too, and so does the out-of-core path (features read chunk by chunk)."""
-    monkeypatch.setattr(train_module, "IN_MEMORY_SHARE", 0.0)
+    monkeypatch.setattr(train_data, "IN_MEMORY_SHARE", 0.0)
     summary = _run(
         features, tmp_path, "unet", {"channels": 8, "depth": 2}, epochs=6, lr_schedule="plateau"
     )

@@ -57,12 +57,6 @@ def test_noop_rerun_plans_nothing(pipeline_run: Path):
     assert planned_jobs(pipeline_run) == {}
 
 
-def test_report_is_built(pipeline_run: Path):
-    snakemake(pipeline_run, "--report", "results/report.html")
-    html = (pipeline_run / "results" / "report.html").read_text(errors="replace")
-    assert len(html) > 10_000
-
-
 @pytest.mark.parametrize(
     ("override", "expected"),
     [

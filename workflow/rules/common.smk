@@ -36,23 +36,32 @@ wildcard_constraints:
 
 # Resource tiers (like nf-core labels): one place for sizes. Memory and runtime grow
 # with each retry (attempt), so a job killed for lack of either gets more next time.
+# Site words (partitions, accounts) are the profile's; a rule names only its tier.
 TIERS = {
     "tiny": {"mem_mb": 1000, "runtime": 10, "threads": 1},
     "array": {"mem_mb": 4000, "runtime": 60, "threads": 2},
+    "score": {"mem_mb": 4000, "runtime": 10, "threads": 1},
     "train": {"mem_mb": 4000, "runtime": 120, "threads": 1},
 }
 
 
-def tier_mem(name):
-    return lambda wildcards, attempt: TIERS[name]["mem_mb"] * attempt
-
-
-def tier_runtime(name):
-    return lambda wildcards, attempt: TIERS[name]["runtime"] * attempt
-
-
 def tier_threads(name):
     return TIERS[name]["threads"]
+
+
+def tier_resources(name, **extra):
+    """A tier's mem_mb and runtime, scaled by the attempt, plus the rule's own extras."""
+    tier = TIERS[name]
+    return {
+        "mem_mb": lambda wildcards, attempt: tier["mem_mb"] * attempt,
+        "runtime": lambda wildcards, attempt: tier["runtime"] * attempt,
+        **extra,
+    }
+
+
+def conda_env(stage):
+    """The pinned environment of a stage (envs/), for --sdm conda."""
+    return f"../../envs/{stage}.yaml"
 
 
 # The exact config each step depends on: Snakemake reruns a step when its params change.
@@ -85,3 +94,22 @@ def train_params(wildcards):
 
 def evaluate_params():
     return as_json({"variables": VARIABLES, **config["evaluate"]})
+
+
+# What the end of a run says (Snakefile's onsuccess/onerror): where the results are, and
+# how to go on after a failure. Rules' paths, so the messages follow the rules.
+def finished_message():
+    table, chart = rules.summary.output.table, rules.summary.output.chart
+    return (
+        f"hpcpipe: done. Skill of every model against persistence and climatology: {table} "
+        f"(chart: {chart}). The report with every plot and the provenance: "
+        "snakemake --report results/report.html"
+    )
+
+
+def failed_message():
+    return (
+        "hpcpipe: a step failed; its log is shown above (logs/<step>.log). Fix the cause "
+        "and run the same snakemake command again: finished steps are kept, and training "
+        "resumes from its last checkpoint."
+    )

@@ -7,16 +7,17 @@ if config["dataset"]["source"] == "builtin":
         log:
             "logs/generate.log",
         conda:
-            "../../envs/data.yaml"
+            conda_env("data")
         threads: tier_threads("array")
         resources:
-            mem_mb=tier_mem("array"),
-            runtime=tier_runtime("array"),
+            **tier_resources("array"),
         params:
             cfg=data_params(),
         shell:
             "hpcpipe generate --params {params.cfg:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
+
+    RAW_STORE = rules.generate.output[0]
 
 else:
 
@@ -28,13 +29,14 @@ else:
         log:
             "logs/ingest.log",
         conda:
-            "../../envs/data.yaml"
+            conda_env("data")
         threads: tier_threads("array")
         resources:
-            mem_mb=tier_mem("array"),
-            runtime=tier_runtime("array"),
+            **tier_resources("array"),
         params:
             cfg=data_params(),
         shell:
             "hpcpipe ingest --params {params.cfg:q} --input {input:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
+
+    RAW_STORE = rules.ingest.output[0]

@@ -1,10 +1,10 @@
 rule evaluate:
     input:
-        model="results/models/{model}/{seed}/model.pt",
-        history="results/models/{model}/{seed}/history.csv",
-        features="results/features/test.zarr",
-        preprocessed="results/preprocessed.zarr",
-        thresholds="results/thresholds.zarr",
+        model=rules.train.output.model,
+        history=rules.train.output.history,
+        features=rules.features.output.test,
+        preprocessed=rules.preprocess.output.store,
+        thresholds=rules.thresholds.output[0],
     output:
         metrics="results/eval/{model}/{seed}/metrics.json",
         table=report(
@@ -34,23 +34,23 @@ rule evaluate:
     log:
         "logs/evaluate/{model}/{seed}.log",
     conda:
-        "../../envs/evaluate.yaml"
-    threads: tier_threads("tiny")
+        conda_env("evaluate")
+    threads: tier_threads("score")
     resources:
-        mem_mb=tier_mem("array"),
-        runtime=tier_runtime("tiny"),
+        **tier_resources("score"),
     params:
         cfg=evaluate_params(),
     shell:
         "hpcpipe evaluate --params {params.cfg:q} --model {input.model:q} "
-        "--features {input.features:q} --preprocessed {input.preprocessed:q} "
-        "--thresholds {input.thresholds:q} --output-dir results/eval/{wildcards.model:q}/{wildcards.seed:q} "
-        "--threads {threads} --log {log:q}"
+        "--history {input.history:q} --features {input.features:q} "
+        "--preprocessed {input.preprocessed:q} --thresholds {input.thresholds:q} "
+        "--metrics {output.metrics:q} --table {output.table:q} --skill {output.skill:q} "
+        "--maps {output.maps:q} --loss {output.loss:q} --threads {threads} --log {log:q}"
 
 
 rule summary:
     input:
-        expand("results/eval/{model}/{seed}/metrics.json", model=MODELS, seed=SEEDS),
+        expand(rules.evaluate.output.metrics, model=MODELS, seed=SEEDS),
     output:
         table=report(
             "results/summary.csv", caption="../report/summary.rst", category="Summary"
@@ -65,17 +65,18 @@ rule summary:
             caption="../report/provenance.rst",
             category="Provenance",
         ),
+        # included by workflow/report/workflow.rst: the result on the report's first page
+        landing="results/landing.rst",
     log:
         "logs/summary.log",
     conda:
-        "../../envs/evaluate.yaml"
+        conda_env("evaluate")
     threads: tier_threads("tiny")
     resources:
-        mem_mb=tier_mem("tiny"),
-        runtime=tier_runtime("tiny"),
+        **tier_resources("tiny"),
     params:
         title=config["report"]["title"],
     shell:
         "hpcpipe summary --metrics {input:q} --output-csv {output.table:q} "
         "--output-png {output.chart:q} --title {params.title:q} "
-        "--provenance {output.provenance:q} --log {log:q}"
+        "--provenance {output.provenance:q} --landing {output.landing:q} --log {log:q}"

@@ -1,6 +1,6 @@
 rule features:
     input:
-        "results/preprocessed.zarr",
+        rules.preprocess.output.store,
     output:
         train=directory("results/features/train.zarr"),
         val=directory("results/features/val.zarr"),
@@ -8,11 +8,10 @@ rule features:
     log:
         "logs/features.log",
     conda:
-        "../../envs/data.yaml"
+        conda_env("data")
     threads: tier_threads("array")
     resources:
-        mem_mb=tier_mem("array"),
-        runtime=tier_runtime("array"),
+        **tier_resources("array"),
     params:
         cfg=features_params(),
     shell:

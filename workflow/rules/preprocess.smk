@@ -1,17 +1,16 @@
 rule preprocess:
     input:
-        "data/raw.zarr",
+        RAW_STORE,
     output:
         store=directory("results/preprocessed.zarr"),
         stats="results/stats.json",
     log:
         "logs/preprocess.log",
     conda:
-        "../../envs/data.yaml"
+        conda_env("data")
     threads: tier_threads("array")
     resources:
-        mem_mb=tier_mem("array"),
-        runtime=tier_runtime("array"),
+        **tier_resources("array"),
     params:
         cfg=preprocess_params(),
     shell:
@@ -21,17 +20,16 @@ rule preprocess:
 
 rule thresholds:
     input:
-        "results/preprocessed.zarr",
+        rules.preprocess.output.store,
     output:
         directory("results/thresholds.zarr"),
     log:
         "logs/thresholds.log",
     conda:
-        "../../envs/data.yaml"
+        conda_env("data")
     threads: tier_threads("array")
     resources:
-        mem_mb=tier_mem("array"),
-        runtime=tier_runtime("array"),
+        **tier_resources("array"),
     params:
         cfg=thresholds_params(),
     shell:

@@ -1,4 +1,4 @@
-"""Forecast models on a lat-lon grid, their checkpoints and batched prediction.
+"""The forecast networks: a periodic convolution, a CNN and a U-Net, and ``build_model``.
 
 Both models map ``(N, C_in, lat, lon) -> (N, C_out, lat, lon)`` where the output channels are
 the targets flattened lead-major, ``(lead, variable)``. Convolutions wrap around in longitude
@@ -14,29 +14,13 @@ training only has to learn the correction, which keeps the number of epochs smal
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("cnn", "unet")
-CHECKPOINT_KEYS = (
-    "model",
-    "model_config",
-    "state_dict",
-    "in_channels",
-    "variables",
-    "leads",
-    "grid",
-)
-
-
-class CheckpointError(RuntimeError):
-    """A model checkpoint is missing, unreadable or incomplete; the message names the file."""
+from hpcpipe.models import MODELS, unet_grid_problem
 
 
 class _LonCircularPad(torch.autograd.Function):
@@ -78,7 +62,7 @@ class PeriodicConv2d(nn.Module):
         return self.conv(x)
 
 
-class _Residual(nn.Module):
+class Residual(nn.Module):
     """Base: ``skip(x) + body(x)``; ``output_shape`` = (leads, variables) for :func:`predict`."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -95,7 +79,7 @@ class _Residual(nn.Module):
         nn.init.zeros_(conv.bias)
 
 
-class CNN(_Residual):
+class CNN(Residual):
     """``layers`` same-resolution convolutions with ``channels`` hidden channels and GELU."""
 
     def __init__(
@@ -131,7 +115,7 @@ class _Block(nn.Sequential):
         super().__init__(PeriodicConv2d(cin, cout), nn.GELU())
 
 
-class UNet(_Residual):
+class UNet(Residual):
     """U-Net: ``depth`` average-pool/transposed-conv levels, channels doubling, skip concatenation."""
 
     def __init__(
@@ -176,88 +160,11 @@ def build_model(
         )
     if name == "unet":
         depth = int(cfg.get("depth", 2))
-        factor = 2**depth
-        if n_lat % factor or n_lon % factor:
+        problem = unet_grid_problem(depth, n_lat, n_lon)
+        if problem:
             raise ValueError(
-                f"models.unet.depth={depth} needs a grid divisible by 2**{depth}={factor}, "
-                f"but the grid is {n_lat} x {n_lon} (lat x lon); lower models.unet.depth "
+                f"models.unet.depth={depth} {problem}; lower models.unet.depth "
                 "or change the grid (dataset.builtin.n_lat/n_lon, preprocess.coarsen)"
             )
         return UNet(in_channels, out_channels, channels=int(cfg.get("channels", 16)), depth=depth)
     raise ValueError(f"unknown model {name!r}; choose one of {list(MODELS)} (train.models)")
-
-
-def checkpoint(
-    model: nn.Module,
-    name: str,
-    model_cfg: dict[str, Any],
-    meta: dict[str, Any],
-) -> dict[str, Any]:
-    """The checkpoint dict of docs/data-contracts.md; ``meta`` adds in_channels, variables, ..."""
-    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    return {"model": name, "model_config": dict(model_cfg), "state_dict": state, **meta}
-
-
-def load_model(
-    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved at ``path``; returns it in eval mode and the checkpoint metadata."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"model checkpoint not found: {p}")
-    try:
-        # weights_only: a checkpoint holds tensors and plain containers, never code to run.
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle/zip errors come in many types
-        raise CheckpointError(
-            f"cannot read model checkpoint {p}: {type(exc).__name__}: {exc}"
-        ) from exc
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise CheckpointError(
-            f"model checkpoint {p} lacks {missing}; was it written by hpcpipe train?"
-        )
-    leads, variables = list(ckpt["leads"]), list(ckpt["variables"])
-    try:
-        model = build_model(
-            ckpt["model"],
-            ckpt["model_config"],
-            int(ckpt["in_channels"]),
-            len(leads) * len(variables),
-            tuple(ckpt["grid"]),
-        )
-        model.load_state_dict(ckpt["state_dict"])
-    except (ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"model checkpoint {p} does not match its model: {exc}") from exc
-    model.output_shape = (len(leads), len(variables))
-    model.to(map_location).eval()
-    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    return model, meta
-
-
-def predict(
-    model: nn.Module, inputs: np.ndarray, batch_size: int = 64, device: str | torch.device = "cpu"
-) -> np.ndarray:
-    """Forecasts ``(N, lead, variable, lat, lon)`` float32 for ``inputs`` ``(N, C, lat, lon)``.
-
-    The flat output channels are split lead-major with ``model.output_shape`` (set by
-    :func:`load_model` and by training); a model without it gets one lead.
-    """
-    x = np.asarray(inputs, dtype=np.float32)
-    if x.ndim != 4:
-        raise ValueError(f"inputs must be (sample, channel, lat, lon), got shape {x.shape}")
-    leads = int(getattr(model, "output_shape", (1, -1))[0])
-    n, _, n_lat, n_lon = x.shape
-    step = max(1, int(batch_size))
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, n, step):
-            xb = torch.from_numpy(x[start : start + step]).to(device)
-            xb = xb.contiguous(memory_format=torch.channels_last)  # the faster layout on CPU
-            parts.append(model(xb).float().cpu().numpy())
-    if not parts:
-        out_channels = model.skip.out_channels if isinstance(model, _Residual) else leads
-        return np.empty((0, leads, out_channels // leads, n_lat, n_lon), dtype=np.float32)
-    out = np.concatenate(parts)
-    return np.ascontiguousarray(out.reshape(n, leads, -1, n_lat, n_lon), dtype=np.float32)

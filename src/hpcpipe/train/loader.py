@@ -27,7 +27,9 @@ class Prefetcher(Generic[T]):
     early (a stop request, an error).
     """
 
-    def __init__(self, items: Iterable[object], produce: Callable[[object], T], depth: int = 2):
+    def __init__(
+        self, items: Iterable[object], produce: Callable[[object], T], depth: int = 2
+    ) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self.wait_s = 0.0

@@ -1,0 +1,260 @@
+"""The pipeline's steps as one table: each subcommand, its inputs, outputs and options.
+
+Rules call `hpcpipe <step>` with every input and output named explicitly, so a step's
+provenance (which files it read, which it wrote) is read off its arguments, declared here
+once; the parser (:mod:`hpcpipe.cli`) and the manifests (:mod:`hpcpipe.runner`) both use it.
+The step functions only wire: all logic is in the modules they call, imported inside them so
+that a step loads only what it needs (array steps never import torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger("hpcpipe")
+
+Role = Literal["input", "output", "option"]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One command-line argument of a step; inputs and outputs are paths."""
+
+    flag: str
+    role: Role
+    help: str = ""
+    many: bool = False  # several paths (nargs="+")
+    required: bool = True
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], None]
+    args: tuple[Arg, ...]
+
+    def paths(self, ns: argparse.Namespace, role: Role) -> list[str]:
+        """The paths of ``role`` ("input" or "output") given on the command line, in order."""
+        out: list[str] = []
+        for arg in self.args:
+            value = getattr(ns, arg.dest, None)
+            if arg.role == role and value is not None:
+                out += list(value) if arg.many else [value]
+        return out
+
+
+def _write(ds: Any, path: str, chunks: dict[str, int]) -> None:
+    from hpcpipe.store import write_store
+
+    log.info("writing %s (%s, %.1f MB)", path, dict(ds.sizes), ds.nbytes / 1e6)
+    write_store(ds, path, chunks)
+
+
+def run_generate(ns: argparse.Namespace) -> None:
+    from hpcpipe.generate.dataset import generate_dataset
+    from hpcpipe.ingest import check_serves
+
+    p = ns.params
+    ds = generate_dataset(p["builtin"], p["variables"])
+    if "split" in p:  # the workflow checks this from the config before it starts
+        check_serves(ds, p["variables"], p["split"], p["lags"], p["leads"], "built-in dataset")
+    # Store with the generator's own chunks (whole generation blocks): no rechunk on write.
+    _write(ds, ns.output, {"time": ds.chunks["time"][0]})
+
+
+def run_ingest(ns: argparse.Namespace) -> None:
+    from hpcpipe.chunking import raw_chunks
+    from hpcpipe.ingest import DatasetError, ingest
+
+    ds = ingest(ns.input if len(ns.input) > 1 else ns.input[0], ns.params)
+    try:
+        _write(ds, ns.output, raw_chunks(ds))
+    except Exception as exc:
+        # The data are read only now, chunk by chunk: name the file that failed to read.
+        raise DatasetError(
+            f"{', '.join(ns.input)}: reading the data failed ({type(exc).__name__}: {exc}); "
+            "a corrupt chunk or a truncated file?"
+        ) from exc
+
+
+def run_preprocess(ns: argparse.Namespace) -> None:
+    from hpcpipe.atomic import write_json
+    from hpcpipe.chunking import preprocessed_chunks
+    from hpcpipe.preprocess import preprocess
+    from hpcpipe.store import open_store
+
+    out, stats = preprocess(open_store(ns.input, "raw data"), ns.params)
+    _write(out, ns.output, preprocessed_chunks(out))
+    write_json(ns.stats, stats)
+
+
+def run_thresholds(ns: argparse.Namespace) -> None:
+    from hpcpipe.chunking import threshold_chunks
+    from hpcpipe.store import open_store
+    from hpcpipe.thresholds import thresholds
+
+    out = thresholds(open_store(ns.input, "preprocessed data"), ns.params)
+    _write(out, ns.output, threshold_chunks(out))
+
+
+def run_features(ns: argparse.Namespace) -> None:
+    from hpcpipe.chunking import feature_chunks
+    from hpcpipe.features import split_features
+    from hpcpipe.store import open_store
+
+    pre = open_store(ns.input, "preprocessed data")
+    for split in ("train", "val", "test"):
+        ds = split_features(pre, split, ns.params)
+        _write(ds, getattr(ns, split), feature_chunks(ds))
+
+
+def run_train(ns: argparse.Namespace) -> None:
+    from hpcpipe.train.data import FeatureStores
+    from hpcpipe.train.trainer import train
+
+    p, stores = ns.params, FeatureStores(Path(ns.train), Path(ns.val))
+    summary = train(
+        ns.model, p["model"], p["train"], ns.seed, stores, ns.output, ns.history,
+        threads=ns.threads, checkpoint_dir=ns.checkpoints,
+    )  # fmt: skip
+    log.info("training done: %s", summary)
+
+
+def run_evaluate(ns: argparse.Namespace) -> None:
+    from hpcpipe.evaluate.step import OUTPUTS, evaluate
+
+    outputs = {name: getattr(ns, name) for name in OUTPUTS}
+    evaluate(
+        ns.model, ns.history, ns.features, ns.preprocessed, ns.thresholds, outputs, ns.params,
+        threads=ns.threads,
+    )  # fmt: skip
+
+
+def run_summary(ns: argparse.Namespace) -> None:
+    from hpcpipe.evaluate.summary import summarize
+
+    landing = Path(ns.landing) if ns.landing else None
+    summarize([Path(p) for p in ns.metrics], Path(ns.output_csv), Path(ns.output_png), ns.title,
+              landing)  # fmt: skip
+    if ns.provenance:
+        from hpcpipe.atomic import write_text
+        from hpcpipe.provenance import describe
+
+        write_text(ns.provenance, "\n\n".join(describe(p) for p in ns.metrics) + "\n")
+
+
+def _in(flag: str, help: str = "", many: bool = False) -> Arg:
+    return Arg(flag, "input", help, many=many)
+
+
+def _out(flag: str, help: str = "", required: bool = True) -> Arg:
+    return Arg(flag, "output", help, required=required)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("generate", "generate the built-in dataset", run_generate, (_out("--output"),)),
+    Step(
+        "ingest",
+        "ingest a CF NetCDF/Zarr dataset",
+        run_ingest,
+        (
+            _in("--input", "a NetCDF file or Zarr store, or several in time order", many=True),
+            _out("--output"),
+        ),
+    ),
+    Step(
+        "preprocess",
+        "climatology, anomalies, normalisation, split",
+        run_preprocess,
+        (
+            _in("--input"),
+            _out("--output"),
+            _out("--stats"),
+        ),
+    ),
+    Step(
+        "thresholds",
+        "per-grid-point extreme thresholds of the training period",
+        run_thresholds,
+        (_in("--input"), _out("--output")),
+    ),
+    Step(
+        "features",
+        "lagged inputs, derived fields and targets per split",
+        run_features,
+        (
+            _in("--input"),
+            *(_out(f"--{s}", f"output store of the {s} split") for s in ("train", "val", "test")),
+        ),
+    ),
+    Step(
+        "train",
+        "train one model with one seed",
+        run_train,
+        (
+            _in("--train", "the training split's feature store"),
+            _in("--val", "the validation split's feature store"),
+            Arg("--model", "option", "model name (train.models)"),
+            Arg("--seed", "option", "seed (train.seeds)", type=int),
+            _out("--output", "model.pt"),
+            _out("--history", "per-epoch metrics CSV"),
+            Arg(
+                "--checkpoints",
+                "option",
+                "checkpoint directory (outside the outputs): resume from it, checkpoint into it",
+                required=False,
+            ),
+        ),
+    ),
+    Step(
+        "evaluate",
+        "skill of one trained model against the baselines",
+        run_evaluate,
+        (
+            _in("--model", "model.pt"),
+            _in("--history", "the model's history.csv (its loss curve)"),
+            _in("--features", "the test split's feature store"),
+            _in("--preprocessed"),
+            _in("--thresholds"),
+            _out("--metrics", "metrics.json"),
+            _out("--table", "metrics.csv"),
+            _out("--skill", "skill against lead time (PNG)"),
+            _out("--maps", "error maps at the headline lead (PNG)"),
+            _out("--loss", "loss curve (PNG)"),
+        ),
+    ),
+    Step(
+        "summary",
+        "one table and chart across models and seeds",
+        run_summary,
+        (
+            _in("--metrics", "every run's metrics.json", many=True),
+            _out("--output-csv"),
+            _out("--output-png"),
+            Arg("--title", "option", required=False, default="hpcpipe forecast skill"),
+            _out(
+                "--provenance",
+                "write the provenance chain of every evaluated model here",
+                required=False,
+            ),
+            _out(
+                "--landing",
+                "the report's landing page (reStructuredText): the headline table and the chart",
+                required=False,
+            ),
+        ),
+    ),
+)
+BY_NAME = {step.name: step for step in STEPS}

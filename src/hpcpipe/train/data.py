@@ -1,0 +1,254 @@
+"""The feature stores as tensors: opened and checked, in memory or read chunk by chunk.
+
+Also the epoch's sample order (a function of seed and epoch only, the same on every rank) and
+the loss weights of the mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import torch
+import xarray as xr
+
+from hpcpipe.contracts import check_features
+from hpcpipe.runtime.allocation import IN_MEMORY_SHARE, ON_GPU_SHARE, Allocation
+from hpcpipe.store import decode_str, open_store
+from hpcpipe.train.loader import Prefetcher
+
+log = logging.getLogger(__name__)
+
+# NHWC: oneDNN's CPU convolutions are 25-35% faster on these shapes (and GPUs prefer it too).
+MEMORY_FORMAT = torch.channels_last
+# Batches prepared ahead of the step (in a thread) when they come from the host or the store.
+PREFETCH_DEPTH = 2
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device`` in the training memory format (asynchronous from pinned memory)."""
+    return t.to(device, non_blocking=True).contiguous(memory_format=MEMORY_FORMAT)
+
+
+def _read(da: xr.DataArray, rows: slice | None = None) -> np.ndarray:
+    # Synchronous: two trainings side by side must not each start a Dask thread pool.
+    with dask.config.set(scheduler="synchronous"):
+        part = da if rows is None else da.isel(sample=rows)
+        return np.asarray(part.values, dtype=np.float32)
+
+
+class TensorSource:
+    """One split's samples as tensors: in memory, or read chunk by chunk from the store.
+
+    Targets are kept flat, ``(sample, lead * variable, lat, lon)``, lead-major like the model
+    output, so the loss needs no reshape.
+    """
+
+    def __init__(self, ds: xr.Dataset, in_memory: bool, device: torch.device) -> None:
+        self.n = int(ds.sizes["sample"])
+        self.device = device
+        # Where the in-memory samples live: on the GPU when they fit easily, else on the host.
+        self.home = device
+        if device.type == "cuda":
+            nbytes = ds["inputs"].nbytes + ds["targets"].nbytes
+            if nbytes > ON_GPU_SHARE * torch.cuda.get_device_properties(device).total_memory:
+                self.home = torch.device("cpu")
+        self._ds = ds
+        self._flat = (-1, *ds["targets"].shape[-2:])
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.wait_s = 0.0  # time the training loop waited for prefetched batches
+        if in_memory:
+            self.block = self.n
+            x = torch.from_numpy(_read(ds["inputs"]))
+            y = torch.from_numpy(_read(ds["targets"]).reshape(self.n, *self._flat))
+            self.x, self.y = to_device(x, self.home), to_device(y, self.home)
+        else:
+            # Out of core: samples are shuffled within store chunks (see sample_order), so a
+            # batch touches one or two chunks and each chunk is read about once per epoch.
+            self.block = int(ds.chunks["sample"][0])
+
+    @property
+    def index_device(self) -> torch.device:
+        """Where sample indices should live: next to the data."""
+        return self.home if self.x is not None else torch.device("cpu")
+
+    @property
+    def prefetch(self) -> bool:
+        """Whether batches are worth preparing in a thread: read from the store, or copied
+        from the host to the GPU. Data already on the training device are indexed in place."""
+        return self.x is None or self.home != self.device
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and flat targets of the samples ``idx`` where they live (pinned for a GPU)."""
+        if self.x is not None and self.y is not None:
+            x, y = self.x[idx], self.y[idx]  # advanced indexing keeps channels_last
+        else:
+            x, y = self._gather_chunks(idx)
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x, y = x.pin_memory(), y.pin_memory()  # so that the copy to the GPU is asynchronous
+        return x, y
+
+    def _gather_chunks(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = torch.div(idx, self.block, rounding_mode="floor")
+        xs = ys = None
+        for c in torch.unique(chunk).tolist():
+            sel = (chunk == c).nonzero().squeeze(1)
+            cx, cy = self._chunk(c)
+            local = idx[sel] - c * self.block
+            if xs is None or ys is None:
+                xs = cx.new_empty((len(idx), *cx.shape[1:]))
+                ys = cy.new_empty((len(idx), *cy.shape[1:]))
+            xs[sel], ys[sel] = cx[local], cy[local]
+        assert xs is not None and ys is not None
+        return xs, ys
+
+    def to_device(self, xy: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A gathered batch on the training device (as it is if already there)."""
+        x, y = xy
+        if x.device == self.device:
+            return x, y
+        return to_device(x, self.device), to_device(y, self.device)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and flat targets of the samples ``idx``, on the training device."""
+        return self.to_device(self.gather(idx))
+
+    def batches(
+        self, indices: Iterable[torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``indices`` on the training device, prepared ahead where it helps."""
+        if not self.prefetch:
+            yield from map(self.batch, indices)
+            return
+        with Prefetcher(indices, self.gather, depth=PREFETCH_DEPTH) as ahead:
+            try:
+                for xy in ahead:
+                    yield self.to_device(xy)
+            finally:
+                self.wait_s += ahead.wait_s
+
+    def _chunk(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if c not in self._cache:
+            if len(self._cache) >= 2:  # a batch spans at most two chunks (one thread reads)
+                self._cache.pop(next(iter(self._cache)))
+            rows = slice(c * self.block, min(self.n, (c + 1) * self.block))
+            x = _read(self._ds["inputs"], rows)
+            y = _read(self._ds["targets"], rows)
+            self._cache[c] = (torch.from_numpy(x), torch.from_numpy(y.reshape(len(y), *self._flat)))
+        return self._cache[c]
+
+
+def sample_order(n: int, block: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's sample order: the same on every rank (a function of seed and epoch only).
+
+    With ``block >= n`` a full permutation; otherwise blocks in random order, each shuffled.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if block >= n:
+        return rng.permutation(n)
+    starts = rng.permutation(np.arange(0, n, block))
+    return np.concatenate([s + rng.permutation(min(block, n - s)) for s in starts])
+
+
+def masked_weights(mask: np.ndarray, n_leads: int, device: torch.device) -> torch.Tensor:
+    """Per-point loss weights (1, lead*variable, lat, lon): mask / valid points per sample.
+
+    ``(weights * err**2).sum() / batch`` is then the MSE over valid points only.
+    """
+    m = np.broadcast_to(mask.astype(np.float32), (n_leads, *mask.shape))
+    m = m.reshape(1, -1, *mask.shape[-2:])
+    valid = float(m.sum())
+    if valid == 0:
+        raise ValueError("the features' mask has no valid points; nothing to train on")
+    return to_device(torch.from_numpy(m / valid), device)
+
+
+@dataclass
+class Features:
+    """The training and validation stores with what the model is built from."""
+
+    train: xr.Dataset
+    val: xr.Dataset
+    in_memory: bool  # whether both splits are loaded whole (else read chunk by chunk)
+    variables: list[str]
+    leads: list[int]
+    channels: list[str]
+    grid: tuple[int, int]
+
+    @property
+    def out_channels(self) -> int:
+        """The model's flat output channels: every (lead, variable)."""
+        return len(self.leads) * len(self.variables)
+
+    def tensors(self, device: torch.device) -> tuple[TensorSource, TensorSource, torch.Tensor]:
+        """Training and validation samples for ``device``, and the loss weights of the mask."""
+        data = TensorSource(self.train, self.in_memory, device)
+        val = TensorSource(self.val, self.in_memory, device)
+        mask = np.asarray(self.train["mask"].values, bool)
+        return data, val, masked_weights(mask, len(self.leads), device)
+
+    def describe(self, n_train: int, n_val: int) -> str:
+        return (
+            f"{n_train} train / {n_val} val samples, {len(self.channels)} channels -> "
+            f"{len(self.leads)} leads x {len(self.variables)} variables on {self.grid}"
+        )
+
+    def model_meta(self) -> dict[str, Any]:
+        """What model.pt records of the features (docs/data-contracts.md)."""
+        return {
+            "in_channels": len(self.channels),
+            "channels": self.channels,
+            "variables": self.variables,
+            "leads": self.leads,
+            "grid": list(self.grid),
+        }
+
+
+@dataclass(frozen=True)
+class FeatureStores:
+    """Where the training and validation feature stores are (the train rule names both)."""
+
+    train: Path
+    val: Path
+
+    @classmethod
+    def of(cls, features: FeatureStores | str | os.PathLike[str]) -> FeatureStores:
+        """``features`` as stores: given as such, or a directory with train.zarr and val.zarr."""
+        if isinstance(features, FeatureStores):
+            return features
+        return cls(Path(features) / "train.zarr", Path(features) / "val.zarr")
+
+    def items(self) -> tuple[tuple[str, Path], ...]:
+        return (("train", self.train), ("val", self.val))
+
+
+def open_features(stores: FeatureStores, alloc: Allocation, main: bool) -> Features:
+    """Open and check the feature stores; in memory if they fit the allocation."""
+    train_ds = open_store(stores.train, what="training features")
+    val_ds = open_store(stores.val, what="validation features")
+    check_features(train_ds, val_ds, stores.train.parent)
+    need = sum(int(ds[v].nbytes) for ds in (train_ds, val_ds) for v in ("inputs", "targets"))
+    in_memory = need <= IN_MEMORY_SHARE * alloc.memory_bytes
+    if not in_memory and main:
+        log.warning(
+            "features need %.1f GB, more than %.0f%% of the allocation's %.1f GB: "
+            "reading them chunk by chunk (slower; raise mem_mb of the train rule to avoid)",
+            need / 1e9, 100 * IN_MEMORY_SHARE, alloc.memory_gb,
+        )  # fmt: skip
+    return Features(
+        train=train_ds,
+        val=val_ds,
+        in_memory=in_memory,
+        variables=decode_str(train_ds["variable"].values),
+        leads=[int(v) for v in train_ds["lead"].values],
+        channels=decode_str(train_ds["channel"].values),
+        grid=(int(train_ds.sizes["lat"]), int(train_ds.sizes["lon"])),
+    )

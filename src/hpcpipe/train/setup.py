@@ -1,0 +1,103 @@
+"""Everything built before the first step: torch settings, precision, model, DDP, optimizer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpcpipe.models.nets import build_model
+from hpcpipe.runtime.environment import DistEnv
+from hpcpipe.train.data import MEMORY_FORMAT, Features
+
+
+@contextlib.contextmanager
+def torch_settings(
+    threads: int, seed: int, deterministic: bool, device_type: str
+) -> Iterator[None]:
+    """Threads, seeds and determinism for this run; process-wide flags are restored after."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic and device_type == "cuda":
+        # cuBLAS needs a fixed workspace for reproducible GEMMs; set before it starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def use_bf16(train_cfg: dict[str, Any], device: torch.device) -> bool:
+    """Whether to train under bf16 autocast (``train.precision``): 'auto' means on GPUs that
+    support it."""
+    kind = str(train_cfg.get("precision", "auto"))
+    if kind not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.precision must be auto, fp32 or bf16, got {kind!r}")
+    if kind == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return kind == "bf16"
+
+
+@dataclass
+class Network:
+    """The model, what runs it (``net``: DDP and/or compiled, or the model itself), its
+    optimizer and precision."""
+
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    bf16: bool
+    compiled: bool
+
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        precision = "bf16 autocast" if self.bf16 else "fp32"
+        return f"{n} parameters, {precision}{', compiled' if self.compiled else ''}"
+
+    def unwrap(self) -> None:
+        """Drop DDP and compile wrappers: DDP's reducer must go before its process group."""
+        self.net = self.model
+
+
+def build_network(
+    model_name: str,
+    model_cfg: dict[str, Any],
+    train_cfg: dict[str, Any],
+    features: Features,
+    seed: int,
+    env: DistEnv,
+    device: torch.device,
+) -> Network:
+    """The model of ``model_name`` for ``features`` on ``device``, wrapped for ``env``."""
+    torch.manual_seed(seed)  # identical initial weights on every rank and every rerun
+    n_in, n_out = len(features.channels), features.out_channels
+    model = build_model(model_name, model_cfg, n_in, n_out, features.grid)
+    model.output_shape = (len(features.leads), len(features.variables))
+    model.to(device, memory_format=MEMORY_FORMAT)
+    net: nn.Module = model
+    if env.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    compiled = bool(train_cfg.get("compile", False))
+    if compiled:
+        net = torch.compile(net)  # type: ignore[assignment]
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=float(train_cfg["lr"]),
+        weight_decay=float(train_cfg.get("weight_decay", 0.0)),
+    )
+    return Network(model, net, optimizer, use_bf16(train_cfg, device), compiled)
