@@ -1,4 +1,11 @@
-"""The hpcpipe-slurm executor where the SLURM extra is not installed: it says how to get it."""
+"""The hpcpipe-slurm executor where the SLURM extra is not installed: it says how to get it.
+
+It accepts the settings profiles/slurm sets, so that Snakemake reaches the executor, which
+then stops with the install command instead of an "unrecognized arguments" error.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
 
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
@@ -11,8 +18,19 @@ INSTALL = (
 )
 
 
+def _accepted() -> object:
+    return field(default=None, metadata={"help": "needs hpcpipe[slurm]", "env_var": False})
+
+
+@dataclass
 class ExecutorSettings(ExecutorSettingsBase):
-    pass
+    # Optional[...]: Snakemake builds its command-line options from these annotations.
+    status_command: Optional[str] = _accepted()  # noqa: UP045
+    init_seconds_before_status_checks: Optional[int] = _accepted()  # noqa: UP045
+    max_status_check_seconds: Optional[int] = _accepted()  # noqa: UP045
+    status_attempts: Optional[int] = _accepted()  # noqa: UP045
+    requeue: Optional[bool] = _accepted()  # noqa: UP045
+    keep_successful_logs: Optional[bool] = _accepted()  # noqa: UP045
 
 
 class Executor(RemoteExecutor):
