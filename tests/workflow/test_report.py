@@ -94,11 +94,9 @@ def expected_headline(summary: pd.DataFrame) -> dict[str, dict[str, str]]:
         pers, clim = d["rmse_persistence"].mean(), d["rmse_climatology"].mean()
         out[str(v)] = {
             "best model": str(best),
-            "RMSE": f"{rmse:.3f}",
-            "ACC": f"{means.loc[best, 'acc_model']:.3f}",
-            "RMSE persistence": f"{pers:.3f}",
-            "RMSE climatology": f"{clim:.3f}",
-            "ACC persistence": f"{d['acc_persistence'].mean():.3f}",
+            "RMSE (ACC)": f"{rmse:.3f} ({means.loc[best, 'acc_model']:.3f})",
+            "persistence": f"{pers:.3f} ({d['acc_persistence'].mean():.3f})",
+            "climatology": f"{clim:.3f}",
             "better than persistence": f"{100 * (1 - rmse / pers):.1f} %",
             "better than climatology": f"{100 * (1 - rmse / clim):.1f} %",
         }
@@ -114,6 +112,12 @@ def test_landing_page_shows_the_headline_table(browser: object, report: Path):
     for variable, figures in expected.items():
         for row, value in figures.items():
             assert shown[row][variable] == value, (row, variable, shown[row], value)
+    # Nothing is cut off: the page centres its content and hides what overflows above.
+    top = browser.execute_script(
+        "return [...document.querySelectorAll('h1')].find(h => h.textContent.startsWith("
+        "'Result')).getBoundingClientRect().top"
+    )
+    assert top >= 0, f"the landing page's heading is {-top} px above the window"
     # The chart is inline (a data URI), above the workflow's description.
     img = _wait_for(browser, "//img[starts-with(@src, 'data:image/png;base64,')]")
     assert img.get_attribute("naturalWidth") not in (None, "0")

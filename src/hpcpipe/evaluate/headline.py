@@ -55,12 +55,34 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+# The landing page centres its content vertically and cuts what does not fit the window: it
+# stays short (lead and seeds go into its sentence, ACC beside RMSE).
+SHOWN = {
+    "best model": ("best model",),
+    "RMSE (ACC)": ("RMSE", "ACC"),
+    "persistence": ("RMSE persistence", "ACC persistence"),
+    "climatology": ("RMSE climatology",),
+    "better than persistence": ("better than persistence",),
+    "better than climatology": ("better than climatology",),
+}
+
+
+def _cell(row: pd.Series, columns: tuple[str, ...]) -> str:
+    first, *rest = (str(row[c]) for c in columns)
+    return f"{first} ({rest[0]})" if rest else first
+
+
 def landing_rst(table: pd.DataFrame, chart_png: Path) -> str:
     """reStructuredText for the report's landing page: the table, then the chart inline.
 
     One column per variable (a page column is narrow; datasets have few variables).
     """
-    shown = table.set_index("variable").T
+    lead, seeds = int(table["lead"].max()), int(table["seeds"].max())
+    by_var = table.set_index("variable")
+    shown = pd.DataFrame(
+        {v: [_cell(row, cols) for cols in SHOWN.values()] for v, row in by_var.iterrows()},
+        index=list(SHOWN),
+    )
     header = "   * - \n     - " + "\n     - ".join(map(str, shown.columns))
     rows = [f"   * - {name}\n     - " + "\n     - ".join(map(str, row)) for name, row in
             zip(shown.index, shown.itertuples(index=False), strict=True)]  # fmt: skip
@@ -72,9 +94,9 @@ def landing_rst(table: pd.DataFrame, chart_png: Path) -> str:
         "Result",
         "------",
         "",
-        "Latitude-weighted RMSE (lower is better) and ACC (higher is better) at the headline",
-        "lead, the best model's mean over seeds, against persistence and climatology",
-        "(results/summary.csv has every model and seed).",
+        f"Latitude-weighted RMSE (lower is better) and ACC at lead {lead}, the best model's mean",
+        f"over {seeds} seed{'s' if seeds > 1 else ''} against the baselines (results/summary.csv",
+        "has every run).",
         "",
         ".. list-table::",
         "   :header-rows: 1",
@@ -86,5 +108,6 @@ def landing_rst(table: pd.DataFrame, chart_png: Path) -> str:
         ".. image::",
         *(f"   {line}" for line in uri),
         "   :alt: headline RMSE of every model and seed against the baselines",
+        "   :width: 75%",
         "",
     ])  # fmt: skip
