@@ -32,7 +32,8 @@ def _period_sums(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
     for p in np.unique(idx):
         rows = x[idx == p]
         finite = np.isfinite(rows)
-        out[0, p] = np.where(finite, rows, 0.0).sum(axis=0)
+        # Accumulate in float64: NumPy keeps float32 rows float32 through where() and sum().
+        out[0, p] = np.where(finite, rows, 0.0).sum(axis=0, dtype=np.float64)
         out[1, p] = finite.sum(axis=0)
     return out
 

@@ -1,7 +1,8 @@
 """Dask across SLURM: one multi-task srun step (allocation) and worker jobs (jobqueue).
 
 Both run the real preprocessing on the local cluster and must give exactly the in-memory
-result. Needs `scripts/local-slurm start`; about 30 s.
+result, and the independent reference (testdata.reference_preprocess) within float32
+tolerances. Needs `scripts/local-slurm start`; about 30 s.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 from testdata import PREPROCESS_PARAMS as PARAMS
-from testdata import make_raw
+from testdata import assert_matches_reference, make_raw, reference_preprocess
 
 from hpcpipe import preprocess as pp
 from hpcpipe.runtime.allocation import Allocation
@@ -37,6 +38,13 @@ def in_memory(raw_store: Path) -> xr.Dataset:
     return pp.preprocess(open_store(raw_store).load(), PARAMS)[0].load()
 
 
+def assert_right(got: xr.Dataset, raw_store: Path) -> None:
+    """Bitwise the in-memory result, and that result the independent reference's."""
+    xr.testing.assert_identical(got, in_memory(raw_store))
+    raw = open_store(raw_store).load()
+    assert_matches_reference(got, reference_preprocess(raw, PARAMS), raw)
+
+
 def test_allocation_mode_spans_the_ranks_of_one_srun_step(slurm_cluster, raw_store, tmp_path):
     out = tmp_path / "pre.zarr"
     step = [
@@ -55,7 +63,7 @@ def test_allocation_mode_spans_the_ranks_of_one_srun_step(slurm_cluster, raw_sto
     assert result.returncode == 0, result.stderr + log
     assert "scheduler on rank 0 of 3" in log and "2 workers" in log and "dashboard" in log, log
     assert log.count("worker rank done") == 2, log
-    xr.testing.assert_identical(open_store(out).load(), in_memory(raw_store))
+    assert_right(open_store(out).load(), raw_store)
     assert not list((tmp_path / ".hpcpipe-dask").glob("*.json"))  # scheduler file removed
 
 
@@ -87,4 +95,4 @@ def test_jobqueue_mode_runs_on_worker_jobs(slurm_cluster, raw_store, tmp_path):
         assert time.monotonic() < deadline, _jobs(slurm_cluster, name)
         time.sleep(0.5)
     assert set(running) <= set(_jobs(slurm_cluster, name))
-    xr.testing.assert_identical(open_store(tmp_path / "pre.zarr").load(), in_memory(raw_store))
+    assert_right(open_store(tmp_path / "pre.zarr").load(), raw_store)

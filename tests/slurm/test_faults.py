@@ -3,32 +3,41 @@
 One pipeline is disturbed three ways and must end with exactly the metrics of an undisturbed
 run, without ever recomputing a finished step or trusting a partial output:
 
-1. ``scancel`` of the array-steps job while it runs (the job is not retried: it was cancelled);
+1. ``scancel`` of the array-steps job while preprocessing writes its store (the job is not
+   retried: it was cancelled);
 2. SIGKILL of the training process after its first checkpoint (the job fails, not retried);
-3. a training job that reaches its time-limit warning (``--signal=USR1``): it checkpoints,
-   requeues itself, resumes when it runs again and finishes, all inside one Snakemake run.
+3. a training job that reaches its time-limit warning (the profile's ``--signal=USR1@300``): it
+   checkpoints, requeues itself, resumes when it runs again and finishes, all inside one
+   Snakemake run.
 
-After every disturbed run: no partial output exists under a final name (every output with a
-manifest matches its checksum; temporaries are counted as detected partial outputs), and the
-next run leaves every finished step's outputs untouched. The counts are printed at the end of
-the test session (see ``pytest_terminal_summary`` in conftest.py).
+Every disturbance reaches the step at a known point, whatever the machine's speed or load: the
+step runs through a pause-point wrapper (tests/pausepoints.py) and waits there until the test
+has done its part (scancel, SIGKILL, SLURM's signal). Nothing is caught by polling a window.
+
+After every disturbed run: no partial output exists under a final name (every output has a
+manifest and matches the checksum it records; temporaries are counted as detected partial
+outputs), and the next run leaves every finished step's outputs untouched. A job over its time
+limit (TIMEOUT) is retried with the rule's runtime scaled by the attempt. The counts are printed
+at the end of the test session (see ``pytest_terminal_summary`` in conftest.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
+import pausepoints
 import pytest
 from test_pipeline_slurm import slurm_profile
 from workdir import make_workdir, snakemake
 
-from hpcpipe.atomic import stale_temporaries
+from hpcpipe.atomic import TMP_MARK, stale_temporaries
 from hpcpipe.provenance import SUFFIX, checksum
 
 pytestmark = [pytest.mark.slurm, pytest.mark.faults]
@@ -68,19 +77,80 @@ def finished_outputs(wd: Path) -> dict[str, str]:
     return found
 
 
-def partial_outputs(wd: Path) -> list[Path]:
-    """Temporaries of killed writers: partial outputs, never under a final name."""
-    found = stale_temporaries(wd / "data") + stale_temporaries(wd / "results")
-    _count("partial outputs found", len(found))
-    _count("partial outputs taken for finished", 0)
+def outputs_under_final_names(wd: Path) -> list[Path]:
+    """Every output under data/ and results/ (files and Zarr stores; no manifests and no
+    temporaries)."""
+    found, todo = [], [wd / "data", wd / "results"]
+    while todo:
+        folder = todo.pop()
+        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if p.name.endswith(SUFFIX) or TMP_MARK in p.name:
+                continue
+            if p.is_dir() and p.suffix != ".zarr":
+                todo.append(p)
+            else:
+                found.append(p)
     return found
 
 
-def run_in_background(wd: Path, profile: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+def taken_for_finished(wd: Path) -> list[str]:
+    """Outputs under a final name that are not what a finished step wrote: no manifest (a
+    temporary promoted, or a write that was not atomic), or a checksum that no longer matches
+    the manifest's (overwritten after the step finished)."""
+    bad = []
+    for out in outputs_under_final_names(wd):
+        rel, manifest = out.relative_to(wd), out.with_name(out.name + SUFFIX)
+        if not manifest.exists():
+            bad.append(f"{rel}: under its final name without a manifest")
+            continue
+        outputs = json.loads(manifest.read_text())["outputs"]
+        recorded = next((v for k, v in outputs.items() if Path(k).name == out.name), None)
+        if recorded != checksum(out):
+            bad.append(f"{rel}: differs from the checksum its step recorded")
+    return bad
+
+
+def partial_outputs(wd: Path) -> list[Path]:
+    """Temporaries of killed writers (partial outputs, never under a final name); fails if a
+    partial output sits under a final name."""
+    found = stale_temporaries(wd / "data") + stale_temporaries(wd / "results")
+    bad = taken_for_finished(wd)
+    _count("partial outputs found", len(found))
+    _count("partial outputs taken for finished", len(bad))
+    assert not bad, f"partial outputs taken for finished: {bad}"
+    return found
+
+
+STARTED: list[subprocess.Popen] = []  # killed after each test (kill_leftover_runs)
+
+
+@pytest.fixture(autouse=True)
+def kill_leftover_runs() -> Iterator[None]:
+    """A failed test must not leave its background Snakemake running (blocked on its pipe)."""
+    yield
+    while STARTED:
+        if (proc := STARTED.pop()).poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run_in_background(
+    wd: Path, profile: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    proc = subprocess.Popen(
         ["snakemake", "--profile", str(profile)],
-        cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
+    STARTED.append(proc)
+    return proc
+
+
+def paused_env(bin_dir: Path, pause: Path, **point: object) -> dict[str, str]:
+    """The environment for a Snakemake run whose steps (SLURM jobs too: sbatch --export=ALL)
+    run ``hpcpipe`` through the pause-point wrapper, paused at ``point``."""
+    pausepoints.wrapper(bin_dir)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, **pausepoints.pause_env(pause, **point)}
 
 
 def wait_for(what: str, condition, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.1):
@@ -112,27 +182,6 @@ def log_text(wd: Path, name: str) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def our_jobs(wd: Path, slurm_cluster) -> list[tuple[str, str]]:
-    """(job id, state) of this workflow's jobs, from squeue (only ours: by working dir)."""
-    out = slurm_cluster.run(["squeue", "--noheader", "--states=all", "--format=%i %T %Z"]).stdout
-    return [(i, s) for i, s, d in (ln.split() for ln in out.splitlines()) if Path(d) == wd]
-
-
-def training_process(wd: Path, model: str) -> psutil.Process | None:
-    """The rank process training ``model`` in ``wd`` (not its srun or launcher)."""
-    for p in psutil.process_iter(["cmdline", "name", "cwd"]):
-        cmd = p.info["cmdline"] or []
-        if (
-            p.info["name"] != "srun"
-            and "train" in cmd
-            and f"results/models/{model}/0/model.pt" in cmd
-            and p.info["cwd"] == str(wd)
-            and "launch" not in cmd
-        ):
-            return p
-    return None
-
-
 def assert_untouched(before: dict[str, str], wd: Path) -> None:
     """Finished steps were not recomputed: their outputs are the very same files."""
     after = finished_outputs(wd)
@@ -147,24 +196,32 @@ def disturbed(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline, disturbed by scancel, then SIGKILL, then rerun to the end."""
     wd = make_workdir(tmp_path_factory.mktemp("faults"), FAULT_CFG)
     profile = slurm_profile(wd / "test-profile")
+    bin_dir, pauses = wd.parent / "bin", wd.parent / "pauses"
 
-    # 1. scancel the array-steps job while preprocessing writes its store.
-    proc = run_in_background(wd, profile)
-    job = wait_for("the array job", lambda: our_jobs(wd, slurm_cluster), proc)[0][0]
-    wait_for("a half-written store", lambda: stale_temporaries(wd / "results"), proc, poll=0.005)
-    slurm_cluster.run(["scancel", job])
+    # 1. scancel the array-steps job while preprocessing writes its store: the step waits
+    # with the store complete under its temporary name, just before the rename.
+    env = paused_env(bin_dir, pauses / "1", step="preprocess", output="preprocessed.zarr")
+    proc = run_in_background(wd, profile, env)
+    at = wait_for("preprocess to pause", lambda: pausepoints.marker(pauses / "1", "paused"), proc)
+    assert at["job"], at
+    slurm_cluster.submitted.append(at["job"])  # cancelled at the end, should the test fail
+    assert Path(at["temporary"]).is_dir() and not Path(at["final"]).exists(), at
+    slurm_cluster.run(["scancel", at["job"]])
     code, out = finish(proc)
     assert code != 0 and "Not retried: the job was cancelled" in out, out[-4000:]
     _count("jobs killed")
-    assert partial_outputs(wd), "the kill left no half-written store (too late?)"
+    assert Path(at["temporary"]) in partial_outputs(wd), "the kill left no half-written store"
     done = finished_outputs(wd)
-    assert "data/raw.zarr" in done and "results/models/cnn/0/model.pt" not in done
+    assert "data/raw.zarr" in done and "results/preprocessed.zarr" not in done
 
-    # 2. SIGKILL the cnn training after its first checkpoint.
-    proc = run_in_background(wd, profile)
-    wait_for("a cnn checkpoint", lambda: "checkpoint: " in log_text(wd, "train/cnn/0"), proc)
-    victim = wait_for("the cnn rank", lambda: training_process(wd, "cnn"), proc)
-    victim.send_signal(signal.SIGKILL)
+    # 2. SIGKILL the cnn training right after its first checkpoint (it waits there).
+    every = FAULT_CFG["train"]["checkpoint_every"]
+    env = paused_env(bin_dir, pauses / "2", step="train", model="cnn", after_step=every)
+    proc = run_in_background(wd, profile, env)
+    at = wait_for("cnn to pause", lambda: pausepoints.marker(pauses / "2", "paused"), proc)
+    slurm_cluster.submitted.append(at["job"])
+    assert "checkpoint: " in log_text(wd, "train/cnn/0")
+    os.kill(at["pid"], signal.SIGKILL)
     code, out = finish(proc)
     assert code != 0 and "Not retried" in out, out[-4000:]
     _count("jobs killed")
@@ -193,56 +250,91 @@ def test_disturbed_pipeline_ends_with_the_undisturbed_metrics(
     _count("metrics files identical to the undisturbed run", len(METRICS))
 
 
-# Training that outlasts the first time-limit warning also on a fast, quiet machine (about
-# 60-100 s on the 2-core test machines).
-LONG_TRAINING = {
-    "train": {"models": ["cnn"], "epochs": 120, "patience": 120, "checkpoint_every": 50},
-    "models": {"cnn": {"channels": 48, "layers": 3}},
-}
-
-
 def test_time_limit_warning_checkpoints_requeues_and_finishes(
-    slurm_cluster,
-    tmp_path: Path,
+    slurm_cluster, undisturbed: Path, tmp_path: Path
 ) -> None:
-    """The training job gets SIGUSR1 before its time limit, checkpoints, requeues itself and
-    finishes in a later run of the same job, all in one Snakemake run; the model is the one
-    an undisturbed local run trains."""
-    wd = make_workdir(tmp_path / "slurm", LONG_TRAINING)
+    """The training job, submitted as the shipped profile has it (``--signal=USR1@300``,
+    ``--requeue``), gets SIGUSR1 from SLURM before its time limit, checkpoints, requeues itself
+    and finishes in a later run of the same job, all in one Snakemake run; the model is the one
+    the undisturbed run trained.
+
+    Training waits after its first step until the signal came (a pause point), so the signal
+    always finds it mid-training. The job's limit (the train and evaluate tiers: 130 minutes)
+    is then lowered to 5: 300 s or less are left, and SLURM sends the warning at its next
+    time-limit check (every 30 s) instead of 300 s before the original end."""
+    # cnn only: a model does not depend on the list of models, so the undisturbed run's cnn
+    # (trained before this test, not beside it) is the reference.
+    cfg = {**FAULT_CFG, "train": {**FAULT_CFG["train"], "models": ["cnn"]}}
+    wd = make_workdir(tmp_path / "slurm", cfg)
     snakemake(wd, "--until", "features", timeout=300)
-    local = tmp_path / "local"
-    subprocess.run(["cp", "-a", str(wd), str(local)], check=True)
-    reference = subprocess.Popen(["snakemake", "-c1"], cwd=local, stdout=subprocess.DEVNULL)
-    # The model job (train + evaluate) gets 3 minutes and the warning 135 s before the end:
-    # SLURM sends it up to 30 s early (its event resolution), so 15-45 s into the job, once
-    # training runs and before it can end.
-    profile = slurm_profile(
-        tmp_path / "profile",
-        **{
-            "set-resources": {
-                "train": {"slurm_partition": "gpu", "gpu": 1, "tasks": 1, "cpus_per_gpu": 1,
-                          "runtime": 2, "slurm_extra": "'--signal=USR1@135'"},
-                "evaluate": {"slurm_partition": "gpu", "runtime": 1},
-            }
-        },
-    )  # fmt: skip
-    proc = run_in_background(wd, profile)
-    try:
-        wait_for("the requeue", lambda: "requeued SLURM job" in log_text(wd, "train/cnn/0"), proc)
-        job = re.search(r"requeued SLURM job (\d+)", log_text(wd, "train/cnn/0")).group(1)
-        # One requeue proves the point: give the job's next run time to finish.
-        slurm_cluster.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"])
-        code, out = finish(proc, timeout=900)
-        assert code == 0, out[-4000:]
-        assert reference.wait(timeout=600) == 0
-    finally:
-        for p in (proc, reference):
-            if p.poll() is None:
-                p.kill()
+    profile = slurm_profile(tmp_path / "profile")  # the shipped train resources, unchanged
+    pause = tmp_path / "pause"
+    env = paused_env(tmp_path / "bin", pause, step="train", model="cnn", after_step=1)
+    proc = run_in_background(wd, profile, env)
+    at = wait_for("training to pause", lambda: pausepoints.marker(pause, "paused"), proc)
+    slurm_cluster.submitted.append(at["job"])
+    job = slurm_cluster.show_job(at["job"])
+    # train and evaluate share the job (group "model"): 120 + 10 minutes of their tiers
+    assert job["Requeue"] == "1" and job["TimeLimit"] == "02:10:00", job
+    slurm_cluster.run(["scontrol", "update", f"JobId={at['job']}", "TimeLimit=5"])
+    signalled = lambda: pausepoints.marker(pause, "signalled")  # noqa: E731
+    got = wait_for("SLURM's warning", signalled, proc, timeout=120)
+    assert got == {"signal": "SIGUSR1"}
+    # The job's next run must not get the warning at once again: back to its limit.
+    slurm_cluster.run(["scontrol", "update", f"JobId={at['job']}", "TimeLimit=130"])
+    pausepoints.release(pause)
+    code, out = finish(proc, timeout=600)
+    assert code == 0, out[-4000:]
     log = log_text(wd, "train/cnn/0")  # the last run's: Snakemake clears the log per run
     m = re.search(r"SLURM job (\d+), restart (\d+)", log)
-    assert m and "resuming from" in log, log[-3000:]
-    assert slurm_cluster.show_job(m.group(1))["Restarts"] == m.group(2)
+    assert m and m.group(1) == at["job"] and "resuming from" in log, log[-3000:]
+    assert m.group(2) == "1" and slurm_cluster.show_job(at["job"])["Restarts"] == "1", log
     _count("time-limit requeues", int(m.group(2)))
     got = json.loads((wd / METRICS[0]).read_text())
-    assert got == json.loads((local / METRICS[0]).read_text())
+    assert got == json.loads((undisturbed / METRICS[0]).read_text())
+
+
+# A rule over its time limit on attempt 1: it sleeps past the 1 minute the tier gives it,
+# SLURM ends the job (TIMEOUT), the executor retries it, and attempt 2 gets runtime x 2
+# (tier_resources in workflow/rules/common.smk) and finishes at once. A second attempt that
+# did not get more time fails (exit 1) instead of timing out again.
+OVER_TIME_SNAKEFILE = """
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+TIERS["over_time"] = {"mem_mb": 500, "runtime": 1, "threads": 1}
+
+
+rule over_time:
+    output:
+        "over-time.txt",
+    threads: tier_threads("over_time")
+    resources:
+        **tier_resources("over_time"),
+    shell:
+        "touch attempts.txt; n=$(wc -l < attempts.txt); "
+        "echo $SLURM_JOB_ID {resources.runtime} >> attempts.txt; "
+        "if [ $n -eq 0 ]; then sleep 600; fi; "
+        "test {resources.runtime} -ge 2 && echo done > {output}"
+"""
+
+
+def test_job_over_its_time_limit_is_retried_with_more_time(slurm_cluster, tmp_path: Path) -> None:
+    wd = make_workdir(tmp_path / "wd")
+    (wd / "over-time.smk").write_text(OVER_TIME_SNAKEFILE)
+    profile = slurm_profile(tmp_path / "profile")
+    proc = snakemake(wd, "-s", "over-time.smk", "--profile", str(profile), timeout=400,
+                     check=False)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    attempts = [ln.split() for ln in (wd / "attempts.txt").read_text().splitlines()]
+    assert [runtime for _, runtime in attempts] == ["1", "2"], attempts
+    (first, _), (second, _) = attempts
+    assert slurm_cluster.state(first) == "TIMEOUT"
+    assert slurm_cluster.show_job(first)["TimeLimit"] == "00:01:00"
+    assert slurm_cluster.state(second) == "COMPLETED"
+    assert slurm_cluster.show_job(second)["TimeLimit"] == "00:02:00"
+    _count("time-limit retries with more time")

@@ -4,12 +4,14 @@ corrupt, foreign and missing checkpoints are handled as the user would want."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pausepoints
 import pytest
 import torch
 from test_train import CNN, TRAIN_CFG, _history
@@ -20,14 +22,19 @@ from hpcpipe.train.checkpoint import KEEP, CheckpointError, Checkpoints, run_ide
 from hpcpipe.train.stop import TrainingStopped
 from hpcpipe.train.trainer import train
 
-# Long enough to be stopped mid-way (7 steps per epoch), short enough for CI.
+# 7 steps per epoch, 35 in all. Tests that stop a run mid-way pause it at a step first
+# (tests/pausepoints.py): the kill or signal finds it there however fast the machine.
 CFG = TRAIN_CFG | {"epochs": 5, "lr_schedule": "cosine", "checkpoint_every": 3}
 
 
-def _train_cmd(features: Path, out: Path, ckpt: Path, cfg: dict = CFG) -> list[str]:
+def _train_cmd(
+    features: Path, out: Path, ckpt: Path, cfg: dict = CFG, exe: Path | None = None
+) -> list[str]:
+    """The train step's command line; with ``exe`` (a pause-point wrapper) run through it."""
     params = json.dumps({"train": cfg, "model": CNN})
+    head = [str(exe)] if exe else [sys.executable, "-m", "hpcpipe.cli"]
     return [
-        sys.executable, "-m", "hpcpipe.cli", "train", "--params", params,
+        *head, "train", "--params", params,
         "--train", str(features / "train.zarr"), "--val", str(features / "val.zarr"),
         "--model", "cnn", "--seed", "0", "--threads", "1",
         "--output", str(out / "model.pt"), "--history", str(out / "history.csv"),
@@ -58,36 +65,45 @@ def uninterrupted(features: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
-def _start_and_stop(cmd: list[str], ckpt: Path, sig: int) -> subprocess.Popen:
-    """Start training, send ``sig`` once its first checkpoint exists, wait for the exit."""
-    proc = subprocess.Popen(cmd)
-    deadline = time.monotonic() + 120
-    while not list(ckpt.glob("*/step-*.pt")):
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    proc.wait(timeout=120)
+@pytest.fixture(scope="module")
+def paused_hpcpipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``hpcpipe`` that pauses at a point the test names (tests/pausepoints.py)."""
+    return pausepoints.wrapper(tmp_path_factory.mktemp("bin"))
+
+
+def _start_paused(cmd: list[str], pause: Path, after_step: int, **point) -> subprocess.Popen:
+    """Start ``cmd`` with a pause after global step ``after_step``; return once it waits
+    there. Whatever the test then does (kill, signal) reaches a run that is mid-training by
+    construction, however slow or fast the machine."""
+    env = {**os.environ, **pausepoints.pause_env(pause, step="train", after_step=after_step,
+                                                 **point)}  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env)
+    _wait_for(lambda: pausepoints.marker(pause, "paused"), proc, "the pause")
     return proc
 
 
-def _start_training(cmd: list[str], log: Path) -> tuple[subprocess.Popen, Path]:
-    """Start ``cmd`` and return once its log says training is under way."""
-    proc = subprocess.Popen(cmd)
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "steps/epoch" in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    return proc, log
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert proc.poll() is None, f"training ended (status {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
+    return value
 
 
-def test_killed_run_resumes_bitwise(features: Path, uninterrupted: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_bitwise(
+    features: Path, uninterrupted: Path, paused_hpcpipe: Path, tmp_path: Path
+) -> None:
     """SIGKILL (no chance to clean up) mid-training: the rerun continues from the last
     periodic checkpoint and ends bit for bit where the uninterrupted run ended."""
-    ckpt = tmp_path / "ckpt"
-    proc = _start_and_stop(_train_cmd(features, tmp_path, ckpt), ckpt, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "model.pt").exists()  # killed before the end
+    ckpt, pause = tmp_path / "ckpt", tmp_path / "pause"
+    cmd = _train_cmd(features, tmp_path, ckpt, exe=paused_hpcpipe)
+    # Paused right after the first periodic checkpoint: killed between it and the end.
+    proc = _start_paused(cmd, pause, after_step=CFG["checkpoint_every"])
+    assert [p.name for p in ckpt.glob("*/step-*.pt")] == ["step-000000003.pt"]
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    assert not (tmp_path / "model.pt").exists()
     subprocess.run(_train_cmd(features, tmp_path, ckpt), check=True, timeout=300)
     assert "resuming from" in (tmp_path / "train.log").read_text()
     _assert_same_result(uninterrupted, tmp_path)
@@ -98,23 +114,26 @@ def test_killed_run_resumes_bitwise(features: Path, uninterrupted: Path, tmp_pat
 def test_signal_writes_a_checkpoint_and_resumes_bitwise(
     features: Path,
     uninterrupted: Path,
+    paused_hpcpipe: Path,
     tmp_path: Path,
     sig: int,
 ) -> None:
     """SIGTERM (scancel, time limit) or SIGUSR1 (SLURM's --signal): a checkpoint at the next
     step, exit 128+signal with a plain message, and the rerun resumes bitwise."""
-    ckpt = tmp_path / "ckpt"
-    cfg = CFG | {"checkpoint_every": 1_000_000}  # only the stop request checkpoints...
-    cmd = _train_cmd(features, tmp_path, ckpt, cfg)
-    # ... so wait for training to be under way (its log says so), then signal.
-    proc, log = _start_training(cmd, tmp_path / "train.log")
+    ckpt, pause = tmp_path / "ckpt", tmp_path / "pause"
+    cfg = CFG | {"checkpoint_every": 1_000_000}  # only the stop request checkpoints
+    cmd = _train_cmd(features, tmp_path, ckpt, cfg, exe=paused_hpcpipe)
+    proc = _start_paused(cmd, pause, after_step=2)  # mid-training: step 2 of 35
     proc.send_signal(sig)
+    got = _wait_for(lambda: pausepoints.marker(pause, "signalled"), proc, "the signal", 60)
+    assert got == {"signal": signal.Signals(sig).name}
+    pausepoints.release(pause)
     assert proc.wait(timeout=120) == 128 + sig
-    text = log.read_text()
+    text = (tmp_path / "train.log").read_text()
     assert f"training stopped by {signal.Signals(sig).name}" in text and "rerun to resume" in text
     assert not (tmp_path / "model.pt").exists()
-    assert len(list(ckpt.glob("*/step-*.pt"))) == 1
-    subprocess.run(cmd, check=True, timeout=300)
+    assert [p.name for p in ckpt.glob("*/step-*.pt")] == ["step-000000003.pt"]  # the next step
+    subprocess.run(_train_cmd(features, tmp_path, ckpt, cfg), check=True, timeout=300)
     _assert_same_result(uninterrupted, tmp_path)
 
 
@@ -223,31 +242,31 @@ def test_checkpoint_dir_survives_a_failed_run(features: Path, tmp_path: Path) ->
 def test_stop_request_to_one_ddp_rank_stops_both_at_the_same_step(
     features: Path,
     uninterrupted: Path,
+    paused_hpcpipe: Path,
     tmp_path: Path,
 ) -> None:
     """SIGTERM to rank 1 only: the ranks agree, rank 0 writes one checkpoint, both exit; the
     rerun with 2 ranks resumes and matches the 1-rank run (same global batch)."""
-    import psutil
-
-    ckpt = tmp_path / "ckpt"
+    ckpt, pause = tmp_path / "ckpt", tmp_path / "pause"
     cfg = CFG | {"checkpoint_every": 1_000_000}
-    cmd = [
-        sys.executable,
-        "-m",
-        "hpcpipe.cli",
-        "launch",
-        "-n",
-        "2",
-        *_train_cmd(features, tmp_path, ckpt, cfg),
-    ]
-    proc, log = _start_training(cmd, tmp_path / "train.log")
-    ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children()}
-    ranks[1].send_signal(signal.SIGTERM)
+
+    def launch(exe: Path | None) -> list[str]:
+        train_cmd = _train_cmd(features, tmp_path, ckpt, cfg, exe=exe)
+        return [sys.executable, "-m", "hpcpipe.cli", "launch", "-n", "2", *train_cmd]
+
+    # Rank 1 pauses after step 2; rank 0 waits for it in the next step's collectives.
+    proc = _start_paused(launch(paused_hpcpipe), pause, after_step=2, rank=1)
+    rank1 = pausepoints.marker(pause, "paused")
+    assert rank1 and rank1["rank"] == 1, rank1
+    os.kill(rank1["pid"], signal.SIGTERM)
+    _wait_for(lambda: pausepoints.marker(pause, "signalled"), proc, "the signal", 60)
+    pausepoints.release(pause)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-    assert len(list(ckpt.glob("*/step-*.pt"))) == 1
+    # Rank 1 raises its flag at step 3; the ranks' agreement comes one step late (AnyRank).
+    assert [p.name for p in ckpt.glob("*/step-*.pt")] == ["step-000000004.pt"]
     assert not (tmp_path / "model.pt").exists()
-    subprocess.run(cmd, check=True, timeout=300)
-    assert "resuming from" in log.read_text()
+    subprocess.run(launch(None), check=True, timeout=300)
+    assert "resuming from" in (tmp_path / "train.log").read_text()
     a = torch.load(uninterrupted / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
     for k in a:

@@ -210,7 +210,13 @@ def _continuous_reference(
     seed: int, start_day: int, n_days: int, n_lat: int, n_lon: int
 ) -> dict[str, np.ndarray]:
     """The process run once, without blocks or truncated spin-up, from zero at the first
-    block's spin-up start, with the same noise: an independent implementation."""
+    block's spin-up start, with the same noise.
+
+    Not an independent implementation of the physics: it reuses the generator's model
+    (propagators, forcing, scale), noise, grid transform and mean state, so it checks the
+    blocking and the spin-up truncation only. The physics is checked against analytic
+    results that share nothing with the generator (below).
+    """
     model = sp.spectral_model(n_lat, n_lon)
     n = model.n_modes
     z = np.zeros(n, complex)
@@ -249,6 +255,278 @@ def test_block_spinup_truncation_is_invisible() -> None:
         got = ds[name].values
         assert np.all(np.abs(got.astype(np.float64) - ref[name]) <= np.spacing(got)), name
     assert math.exp(-min(s.damping for s in FIELDS.values()) * sp.SPINUP_DAYS) < 1e-6
+
+
+# --- the physics against analytic results, sharing nothing with hpcpipe.generate ---------------
+#
+# Only the documented parameters are read (fields.FIELDS); every expectation is derived here:
+#
+# advection-diffusion with damping, da/dt = -u·∇a + D ∇²a - λ a, on the doubly periodic grid
+# (k in radians per cell, numpy's FFT sign), turns each Fourier mode into
+#     a_k(t + τ) = exp(-τ (i k·u + D |k|² + λ)) a_k(t)     (a shift by u·τ cells, then decay)
+# and with white forcing of amplitude σ(k) each mode of z500 is a complex AR(1) process:
+#     stationary variance S(k) = σ(k)² / (1 - |φ(k)|²),  σ(k) ∝ 1 / (1 + (|k| L)²),
+# normalised so that the point-wise variance Σ_k S(k) (Parseval) is anomaly_std².
+#
+# The mean state (base and seasonal cycle) is zonally uniform, so the modes with kx != 0 of the
+# raw data are pure anomaly: no mean state needs removing. The tolerances are 5 standard errors
+# of each estimator for the sample at hand (N days), from the standard large-sample results for
+# AR(1) processes (each named where used): a chance failure is ~1e-6 per check, ~1e-3 over the
+# thousands of per-mode checks (and the data are fixed by the seed; seeds 0-11 pass too).
+
+N_SIGMA = 5.0
+
+
+def _wavenumbers(n_lat: int, n_lon: int) -> tuple[np.ndarray, np.ndarray]:
+    """ky, kx (radians per cell) of numpy's fft2 layout, broadcast to (n_lat, n_lon)."""
+    ky = 2 * np.pi * np.fft.fftfreq(n_lat)[:, None]
+    kx = 2 * np.pi * np.fft.fftfreq(n_lon)[None, :]
+    return np.broadcast_arrays(ky, kx)
+
+
+def _analytic_propagator(name: str, n_lat: int, n_lon: int) -> np.ndarray:
+    """exp(-(i k·u + D |k|² + λ)): one day of advection-diffusion with damping, per mode."""
+    f = FIELDS[name]
+    ky, kx = _wavenumbers(n_lat, n_lon)
+    return np.exp(
+        -1j * (kx * f.wind_x + ky * f.wind_y) - f.diffusivity * (kx**2 + ky**2) - f.damping
+    )
+
+
+def _modes(ds: xr.Dataset, name: str) -> np.ndarray:
+    """(time, ky, kx) Fourier modes of the raw field, norm='forward' (Σ|mode|² = mean square)."""
+    return np.fft.fft2(ds[name].values.astype(np.float64), norm="forward")
+
+
+def _travelling(n_lat: int, n_lon: int, k_max: int = 7) -> np.ndarray:
+    """The large-scale modes with kx != 0: 1 <= kx <= k_max, |ky| <= k_max (in grid indices)."""
+    iy, ix = np.indices((n_lat, n_lon))
+    ky = np.where(iy > n_lat // 2, iy - n_lat, iy)
+    return (ix >= 1) & (ix <= k_max) & (np.abs(ky) <= k_max)
+
+
+def _not_nyquist(n_lat: int, n_lon: int) -> np.ndarray:
+    """Every mode but the Nyquist row and column (never forced: no travelling wave there)."""
+    keep = np.ones((n_lat, n_lon), bool)
+    keep[n_lat // 2, :] = n_lat % 2 == 1
+    keep[:, n_lon // 2] = n_lon % 2 == 1
+    return keep
+
+
+def _lag_ratio(a: np.ndarray, lag: int) -> np.ndarray:
+    """Least-squares estimate of a(t + lag) = r a(t), per mode."""
+    return (a[lag:] * np.conj(a[:-lag])).sum(0) / (np.abs(a[:-lag]) ** 2).sum(0)
+
+
+def _check_propagator(name: str, r: np.ndarray, var: np.ndarray, sel: np.ndarray) -> None:
+    """Fit wind, diffusivity and damping to estimated one-day propagators r (variance var).
+
+    -arg r = kx u + ky v and -ln|r| = D |k|² + λ; either has variance var / (2 |r|²) (the
+    error of r split evenly between its phase and its modulus), the weights of the fit.
+    """
+    f = FIELDS[name]
+    ky, kx = (k[sel] for k in _wavenumbers(*sel.shape))
+    weight = 2 * np.abs(r[sel]) ** 2 / var[sel]
+    fits = {
+        "wind (x, y)": (np.stack([kx, ky], 1), -np.angle(r[sel]), (f.wind_x, f.wind_y)),
+        "diffusivity, damping": (
+            np.stack([kx**2 + ky**2, np.ones_like(kx)], 1), -np.log(np.abs(r[sel])),
+            (f.diffusivity, f.damping),
+        ),
+    }  # fmt: skip
+    for what, (design, y, expected) in fits.items():
+        cov = np.linalg.inv(design.T @ (design * weight[:, None]))
+        got = cov @ (design.T @ (weight * y))
+        se = np.sqrt(np.diag(cov))
+        assert np.all(np.abs(got - expected) <= N_SIGMA * se), (name, what, got, se, expected)
+
+
+def test_a_fourier_mode_travels_and_decays_as_advection_diffusion_predicts(
+    two_years: xr.Dataset,
+) -> None:
+    """z500: the lag-τ regression of each large-scale mode on itself is exp(-τ(ik·u+D|k|²+λ)).
+
+    For an AR(1) mode the estimate's error has E|r̂_τ - φ^τ|² = ((1+ρ)(1-ρ^τ)/(1-ρ) - 2τρ^τ)/N,
+    ρ = |φ|² (Bartlett's formula), and |error|²/that is about Exp(1)-distributed: each mode must
+    stay under N_SIGMA² of it, and their mean (M modes) under 1 + N_SIGMA/√M. The one-day
+    estimates then give the wind (the phase speed) and the decay rates, each within 5 SE.
+    """
+    z = _modes(two_years, "z500")
+    n, sel = z.shape[0], _travelling(*z.shape[1:])
+    phi = _analytic_propagator("z500", *z.shape[1:])
+    rho = np.abs(phi) ** 2
+    for lag in (1, 2, 3):
+        var = ((1 + rho) * (1 - rho**lag) / (1 - rho) - 2 * lag * rho**lag) / (n - lag)
+        chi = np.abs(_lag_ratio(z, lag) - phi**lag) ** 2 / var
+        assert chi[sel].max() < N_SIGMA**2, (lag, chi[sel].max())
+        assert chi[sel].mean() < 1 + N_SIGMA / math.sqrt(sel.sum()), (lag, chi[sel].mean())
+    _check_propagator("z500", _lag_ratio(z, 1), (1 - rho) / (n - 1), sel)
+
+
+def test_t2m_has_its_own_propagator_red_forcing_and_a_scalar_coupling_to_yesterdays_z500(
+    two_years: xr.Dataset,
+) -> None:
+    """t2m: T_k(t+1) = a_k T_k(t) + b_k Z_k(t) + e_k(t+1), with a_k t2m's own
+    exp(-(ik·u+D|k|²+λ)), b_k one real, positive number for every mode (a local coupling to
+    yesterday's z500) and the innovation variance ∝ 1 / (1 + (|k| L)²)² with t2m's own L.
+
+    Per-mode least squares over every mode with kx != 0; the errors of a_k and b_k are complex
+    normal with the OLS variances s² (X^H X)^-1 (s² the residual variance), checked as for
+    z500; s² itself has relative SE 1/√(N-2) (white complex-normal innovations).
+    """
+    f = FIELDS["t2m"]
+    z, t = _modes(two_years, "z500"), _modes(two_years, "t2m")
+    n, shape = z.shape[0], z.shape[1:]
+    ky, kx = _wavenumbers(*shape)
+    forced = (kx != 0) & _not_nyquist(*shape)
+    regressors = np.stack([t[:-1, forced], z[:-1, forced]], axis=-1)  # (time, mode, 2)
+    gram = np.einsum("tmi,tmj->mij", regressors.conj(), regressors)
+    rhs = np.einsum("tmi,tm->mi", regressors.conj(), t[1:, forced])
+    coef = np.linalg.solve(gram, rhs[..., None])[..., 0]
+    resid = t[1:, forced] - np.einsum("tmi,mi->tm", regressors, coef)
+    s2 = (np.abs(resid) ** 2).sum(0) / (n - 3)
+    var = s2[:, None] * np.real(np.diagonal(np.linalg.inv(gram), axis1=1, axis2=2))
+    large = _travelling(*shape)[forced]  # the large scales, as for z500
+    m = int(large.sum())
+    a, b = coef[:, 0], coef[:, 1]
+    chi_a = np.abs(a - _analytic_propagator("t2m", *shape)[forced]) ** 2 / var[:, 0]
+    assert chi_a[large].max() < N_SIGMA**2, chi_a[large].max()
+    assert chi_a[large].mean() < 1 + N_SIGMA / math.sqrt(m), chi_a[large].mean()
+    a_grid, var_grid = np.zeros(shape, complex), np.ones(shape)
+    a_grid[forced], var_grid[forced] = a, var[:, 0]
+    _check_propagator("t2m", a_grid, var_grid, _travelling(*shape))
+    weight = 1 / var[large, 1]
+    b_mean = (weight * b[large]).sum() / weight.sum()
+    se = math.sqrt(1 / weight.sum())
+    assert b_mean.real > N_SIGMA * se and abs(b_mean.imag) < N_SIGMA * se, (b_mean, se)
+    chi_b = np.abs(b[large] - b_mean) ** 2 / var[large, 1]
+    assert chi_b.max() < N_SIGMA**2 and chi_b.mean() < 1 + N_SIGMA / math.sqrt(m), chi_b
+    # the red forcing: s² / shape the same for every mode, within s²'s relative SE
+    red = 1 / (1 + (kx**2 + ky**2)[forced] * f.forcing_scale**2) ** 2
+    ratio = s2 / red
+    z_score = (ratio / ratio.mean() - 1) * math.sqrt(n - 3)
+    assert np.abs(z_score).max() < N_SIGMA, np.abs(z_score).max()
+    assert (z_score**2).mean() < 1 + N_SIGMA * math.sqrt(2 / z_score.size), (z_score**2).mean()
+
+
+def test_red_noise_forcing_and_the_stationary_variance_of_each_mode(
+    two_years: xr.Dataset,
+) -> None:
+    """z500, every mode with kx != 0: the innovation Z(t+1) - φ Z(t) has variance
+    σ²(k) = A / (1 + (|k| L)²)², the mode itself σ²(k) / (1 - |φ|²), with A set by the documented
+    point-wise std (Σ over all modes but Nyquist's = anomaly_std²).
+
+    Standard errors: the innovations are white and complex normal, so the mean of N values of
+    |e|² has relative SE 1/√N; the mean of |Z|² of an AR(1) mode has relative SE
+    √((1+|φ|²)/((1-|φ|²) N)) (|Z(t)|² has autocorrelation |φ|^(2τ)).
+    """
+    f = FIELDS["z500"]
+    z = _modes(two_years, "z500")
+    n, shape = z.shape[0], z.shape[1:]
+    ky, kx = _wavenumbers(*shape)
+    phi = _analytic_propagator("z500", *shape)
+    rho = np.abs(phi) ** 2
+    red = 1 / (1 + (kx**2 + ky**2) * f.forcing_scale**2) ** 2
+    amplitude = f.anomaly_std**2 / (red / (1 - rho))[_not_nyquist(*shape)].sum()
+    sigma2, stationary = amplitude * red, amplitude * red / (1 - rho)
+    forced = (kx != 0) & _not_nyquist(*shape)
+    innovation = (np.abs(z[1:] - phi * z[:-1]) ** 2).mean(0)
+    power = (np.abs(z) ** 2).mean(0)
+    checks = {
+        "innovation variance": (innovation, sigma2, np.full(shape, 1 / math.sqrt(n - 1))),
+        "stationary variance": (power, stationary, np.sqrt((1 + rho) / ((1 - rho) * n))),
+    }
+    for what, (got, want, rel_se) in checks.items():
+        z_score = (got / want - 1) / rel_se
+        assert np.abs(z_score[forced]).max() < N_SIGMA, (what, np.abs(z_score[forced]).max())
+        # summed over the modes: the sum's SE from the per-mode ones (independent modes)
+        pooled_se = math.sqrt(((want * rel_se)[forced] ** 2).sum())
+        assert abs(got[forced].sum() - want[forced].sum()) < N_SIGMA * pooled_se, what
+
+
+# Twenty years on a small grid for the seasonal cycle and the point-wise std: the fits then
+# rest on ~7300 days, and the long-run variance of the residuals is well estimated.
+LONG = {"seed": 42, "start": "2000-01-01", "n_days": 7305, "n_lat": 16, "n_lon": 32}
+YEAR = 365.25
+
+
+@pytest.fixture(scope="module")
+def twenty_years() -> xr.Dataset:
+    return g.generate_dataset(LONG, ["t2m", "z500"]).compute()
+
+
+def _harmonic_design(ds: xr.Dataset) -> np.ndarray:
+    """[1, cos ωd, sin ωd] of the 0-based day of year d, ω = 2π / 365.25."""
+    d = ds["time"].dt.dayofyear.values - 1.0
+    w = 2 * np.pi / YEAR
+    return np.stack([np.ones_like(d), np.cos(w * d), np.sin(w * d)], axis=1)
+
+
+def _long_run_variance(resid: np.ndarray, max_lag: int = 60) -> float:
+    """Σ_τ autocovariance of the residual series (time, series), pooled over the series
+    (same statistics: the anomaly is homogeneous), Bartlett-weighted up to max_lag days
+    (the slowest mode decays as exp(-0.15 τ): 1e-4 at 60 days)."""
+    n = resid.shape[0]
+    acov = [float((resid[k:] * resid[: n - k]).mean()) * (n - k) / n for k in range(max_lag + 1)]
+    return acov[0] + 2 * sum((1 - k / (max_lag + 1)) * acov[k] for k in range(1, max_lag + 1))
+
+
+@pytest.mark.parametrize("name", ["z500", "t2m"])
+def test_seasonal_cycle_amplitude_and_phase_are_the_documented_ones(
+    twenty_years: xr.Dataset, name: str
+) -> None:
+    """Zonal means fit by c0 + c1 cos ωd + c2 sin ωd per latitude: c0 = base - pole_drop sin²φ
+    and the cycle seasonal_amp sin φ, -1 on day 15 (mid-January) and +1 half a year later
+    (fields.py, dataset.py), i.e. (c1, c2) = -seasonal_amp sin φ (cos 15ω, sin 15ω).
+
+    SE of each coefficient: the OLS (X^T X)^-1 scaled by the residuals' long-run variance
+    (autocorrelated residuals). Pooled over latitudes (errors shared by latitudes do not
+    average out, so each pooled series has its own long-run variance): the domain mean gives
+    the base to ~1.7 m (z500) / 0.07 K (t2m), the projection on sin φ the amplitude to ~0.9 % /
+    0.25 % and the day of the minimum to ~0.5 / 0.15 days (one SE each).
+    """
+    f = FIELDS[name]
+    x = twenty_years[name].values.astype(np.float64).mean(axis=2)  # (time, lat)
+    design = _harmonic_design(twenty_years)
+    inv = np.linalg.inv(design.T @ design)
+    s = np.sin(np.deg2rad(twenty_years["lat"].values))
+    w = 2 * np.pi / YEAR
+    coef = inv @ design.T @ x
+    se = np.sqrt(np.diag(inv) * _long_run_variance(x - design @ coef))
+    expected = np.stack([f.base - f.pole_drop * s**2, -f.seasonal_amp * s * math.cos(15 * w),
+                         -f.seasonal_amp * s * math.sin(15 * w)])  # fmt: skip
+    assert np.all(np.abs(coef - expected) <= N_SIGMA * se[:, None]), (coef - expected) / se[:, None]
+    # pooled: the grid mean (unweighted: the anomaly is homogeneous on the grid)
+    q = x.mean(axis=1)
+    c = inv @ design.T @ q
+    se_q = np.sqrt(np.diag(inv) * _long_run_variance((q - design @ c)[:, None]))[0]
+    assert abs(c[0] - expected[0].mean()) < N_SIGMA * se_q, (c[0], expected[0].mean(), se_q)
+    # pooled: the projection on sin φ holds the cycle alone (the base is symmetric in φ)
+    p = x @ s / (s @ s)
+    c = inv @ design.T @ p
+    se_p = np.sqrt(np.diag(inv) * _long_run_variance((p - design @ c)[:, None]))[1]
+    amplitude = math.hypot(c[1], c[2])
+    day_of_minimum = math.atan2(-c[2], -c[1]) / w
+    assert abs(amplitude - f.seasonal_amp) < N_SIGMA * se_p, (amplitude, se_p)
+    assert abs(day_of_minimum - 15) < N_SIGMA * se_p / (amplitude * w), (day_of_minimum, se_p)
+
+
+@pytest.mark.parametrize("name", ["z500", "t2m"])
+def test_point_wise_anomaly_std_is_the_documented_one(twenty_years: xr.Dataset, name: str) -> None:
+    """The field minus its fitted mean state (per latitude, as above) has the documented
+    point-wise std. SE of the mean square V = Σ_k P_k (Parseval): independent modes whose |X_k|²
+    have autocorrelation ~ r_k^(2τ), so Var V ≈ 2/N Σ_k P_k² (1 + r_k²)/(1 - r_k²) (the factor
+    2: a mode and its conjugate are one variable), estimated from the data's own P_k, r_k."""
+    x = twenty_years[name].values.astype(np.float64)
+    design = _harmonic_design(twenty_years)
+    zonal = x.mean(axis=2)
+    resid = x - (design @ np.linalg.lstsq(design, zonal, rcond=None)[0])[:, :, None]
+    modes = np.fft.fft2(resid, norm="forward")
+    power = (np.abs(modes) ** 2).mean(0)
+    r2 = (np.abs(_lag_ratio(modes, 1)) ** 2).clip(max=0.99)
+    se = math.sqrt(2 / x.shape[0] * (power**2 * (1 + r2) / (1 - r2)).sum())
+    mean_square = float((resid**2).mean())
+    assert abs(mean_square - FIELDS[name].anomaly_std ** 2) < N_SIGMA * se, (mean_square, se)
 
 
 def test_odd_grid() -> None:

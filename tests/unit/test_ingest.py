@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +116,14 @@ def test_unsorted_time_is_sorted(tmp_path: Path, raw: xr.Dataset, split: dict):
 
 
 def ingest_cli(src: Path, out: Path) -> subprocess.CompletedProcess:
-    """`hpcpipe ingest` with the params the workflow's rule passes (variables and rename only)."""
+    """`hpcpipe ingest` with the params the workflow's rule passes (variables and rename only).
+
+    Run by this interpreter (`python -m hpcpipe.cli`), so that it is the code under test, not
+    whichever `hpcpipe` script PATH holds, if any."""
     params = json.dumps({"variables": ["t2m", "z500"], "rename": {}})
+    cli = [sys.executable, "-m", "hpcpipe.cli", "ingest"]
     return subprocess.run(
-        ["hpcpipe", "ingest", "--params", params, "--input", str(src), "--output", str(out)],
+        [*cli, "--params", params, "--input", str(src), "--output", str(out)],
         capture_output=True, text=True,
     )  # fmt: skip
 

@@ -8,8 +8,10 @@ arrive quoted. Each test uses a sentinel file that any executed command would cr
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -98,25 +100,81 @@ def test_every_step_writes_under_the_workflow_directories(pipeline_run: Path):
         assert parts[0] in WORKFLOW_DIRS, path
 
 
+# What the rules' shell commands hold today (rule -> every {field}, in order). The audit below
+# requires at least these: a parser that stopped finding commands or fields fails it instead
+# of passing with nothing to check. A new rule or field is added here.
+SHELL_FIELDS = {
+    "generate": ["params.cfg:q", "output:q", "threads", "log:q"],
+    "ingest": ["params.cfg:q", "input:q", "output:q", "threads", "log:q"],
+    "preprocess": [
+        "params.cfg:q", "input:q", "output.store:q", "output.stats:q", "threads", "log:q",
+    ],
+    "thresholds": ["params.cfg:q", "input:q", "output:q", "threads", "log:q"],
+    "features": [
+        "params.cfg:q", "input:q", "output.train:q", "output.val:q", "output.test:q", "threads",
+        "log:q",
+    ],
+    "train": [
+        "resources.tasks", "params.cfg:q", "input.train:q", "input.val:q", "wildcards.model:q",
+        "wildcards.seed:q", "output.model:q", "output.history:q", "threads", "log:q",
+        "wildcards.model:q", "wildcards.seed:q",
+    ],
+    "evaluate": [
+        "params.cfg:q", "input.model:q", "input.history:q", "input.features:q",
+        "input.preprocessed:q", "input.thresholds:q", "output.metrics:q", "output.table:q",
+        "output.skill:q", "output.maps:q", "output.loss:q", "threads", "log:q",
+    ],
+    "summary": [
+        "input:q", "output.table:q", "output.chart:q", "params.title:q", "output.provenance:q",
+        "output.landing:q", "log:q",
+    ],
+}  # fmt: skip
+# Numbers Snakemake itself makes, and a wildcard its constraint limits to digits.
+UNQUOTED_OK = {"threads", "resources.tasks", "wildcards.seed"}
+
+
 def test_steps_quote_every_value_in_their_shell_commands():
     """An audit that stays true: in the rules' shell commands every {value} is quoted (:q),
     except numbers Snakemake itself makes (threads, resources) and constrained wildcards."""
     root = Path(__file__).resolve().parents[2]
-    unquoted_ok = {"threads", "resources.tasks", "wildcards.seed"}
-    found = []
-    for smk in (root / "workflow" / "rules").glob("*.smk"):
-        for field in re.findall(r"\{([^{}]+)\}", _shell_strings(smk.read_text())):
-            if not field.endswith(":q") and field not in unquoted_ok:
-                found.append(f"{smk.name}: {{{field}}}")
-    assert not found, found
+    commands = {}
+    for smk in sorted((root / "workflow" / "rules").glob("*.smk")):
+        commands.update(_shell_commands(smk))
+    assert sorted(commands) == sorted(SHELL_FIELDS), "rules with a shell command"
+    unquoted = []
+    for rule, command in commands.items():
+        fields = re.findall(r"\{([^{}]+)\}", command)
+        assert command.startswith("hpcpipe "), (rule, command)
+        assert len(fields) >= len(SHELL_FIELDS[rule]), (rule, fields)
+        missing = Counter(SHELL_FIELDS[rule]) - Counter(fields)
+        assert not missing, f"{rule}: {sorted(missing)} no longer in {command!r}"
+        assert "log:q" in fields and any(f.startswith("params.") for f in fields), rule
+        unquoted += [
+            f"{rule}: {{{f}}}" for f in fields if not f.endswith(":q") and f not in UNQUOTED_OK
+        ]
+    assert not unquoted, unquoted
 
 
-def _shell_strings(text: str) -> str:
-    """The string literals of every `shell:` directive of a rules file."""
-    out = []
-    for block in re.split(r"\n\s*shell:\s*\n", text)[1:]:
-        for line in block.splitlines():
+RULE = re.compile(r"^[ \t]*rule[ \t]+(\w+)[ \t]*:", re.MULTILINE)
+SHELL = re.compile(r"^[ \t]*shell:[ \t]*\n", re.MULTILINE)
+
+
+def _shell_commands(smk: Path) -> dict[str, str]:
+    """Rule -> its shell command, the string literals of its `shell:` directive joined as
+    Python joins them. A rule without one fails here, by name."""
+    text = smk.read_text()
+    starts = list(RULE.finditer(text))
+    ends = [m.start() for m in starts[1:]] + [len(text)]
+    out = {}
+    for m, end in zip(starts, ends, strict=False):  # common.smk has no rule
+        block = text[m.end() : end]
+        shell = SHELL.search(block)
+        assert shell, f"{smk.name}: rule {m.group(1)} has no shell command"
+        literals = []
+        for line in block[shell.end() :].splitlines():
             if not line.strip().startswith('"'):
                 break
-            out.append(line)
-    return "\n".join(out)
+            literals.append(line.strip())
+        assert literals, f"{smk.name}: rule {m.group(1)}: no string after shell:"
+        out[m.group(1)] = ast.literal_eval("(" + "\n".join(literals) + ")")
+    return out
