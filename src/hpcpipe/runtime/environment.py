@@ -83,11 +83,6 @@ def slurm_value(field: str, environ: Mapping[str, str] = os.environ) -> int | No
     return int_value(environ.get(SLURM_ALLOCATION[field]))
 
 
-def in_slurm(environ: Mapping[str, str] = os.environ) -> bool:
-    """True inside a SLURM job (its batch script or one of its steps)."""
-    return _get(environ, "srun", "job_id") is not None
-
-
 def slurm_job_id(environ: Mapping[str, str] = os.environ) -> str | None:
     return _get(environ, "srun", "job_id")
 
