@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from hpcpipe.atomic import write_json, write_text
+from hpcpipe.contracts import check_thresholds
 from hpcpipe.evaluate import plots
 from hpcpipe.evaluate.scoring import SAMPLE, check_not_empty, evaluate_forecasts, metrics_table
 from hpcpipe.store import decode_str, open_store
@@ -105,6 +106,7 @@ def _with_quantile(pre: xr.Dataset, thresholds_dir: StrPath) -> xr.Dataset:
     """``pre`` plus the thresholds step's ``quantile``, labelled with its q (checked later)."""
     # Thresholds are their own step (so a new quantile reruns evaluation only).
     thr = open_store(thresholds_dir, "extreme thresholds")
+    check_thresholds(thr, f"extreme thresholds {thresholds_dir}")
     q = thr.attrs.get("extreme_quantile")
     return pre.assign(quantile=thr["quantile"].assign_attrs(quantile=q))
 
