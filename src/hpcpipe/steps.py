@@ -111,11 +111,11 @@ def run_thresholds(ns: argparse.Namespace) -> None:
 
 def run_features(ns: argparse.Namespace) -> None:
     from hpcpipe.chunking import feature_chunks
-    from hpcpipe.features import split_features
+    from hpcpipe.features import SPLITS, split_features
     from hpcpipe.store import open_store
 
     pre = open_store(ns.input, "preprocessed data")
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         ds = split_features(pre, split, ns.params)
         _write(ds, getattr(ns, split), feature_chunks(ds))
 
