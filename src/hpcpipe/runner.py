@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import logging
 import os
 import sys
@@ -52,12 +53,29 @@ def run_step(step: Step, ns: argparse.Namespace) -> int:
         print(f"hpcpipe {step.name}: {exc}", file=sys.stderr)
         return 128 + exc.signum
     except Exception as exc:
+        if (full := _disk_full(exc)) is not None:
+            where = full or ", ".join(map(str, step.paths(ns, "output")))
+            log.error(
+                "%s failed: no space left on the device of %s. Free space there and rerun: "
+                "nothing half-written is left under an output's name.", step.name, where,
+            )  # fmt: skip
+            return 1
         # Errors the steps raise on purpose name the file/key/variable: no traceback needed.
         expected = isinstance(exc, EXPECTED_ERRORS) and not _want_traceback()
         logs.failure(step.name, exc, expected=expected)
         return 1
     log.info("hpcpipe %s finished in %.1f s", step.name, time.monotonic() - start)
     return 0
+
+
+def _disk_full(exc: BaseException | None) -> str | None:
+    """The path that a "no space left on device" error (perhaps wrapped) was writing ("" when
+    it names none); None for any other error."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return str(exc.filename or "")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _run_with_manifests(

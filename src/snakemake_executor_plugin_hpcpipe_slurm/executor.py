@@ -82,9 +82,15 @@ class Executor(SlurmExecutor):
     def report_job_error(self, job_info, msg=None, **kwargs):
         job = job_info.job
         status = _slurm_status(msg)
-        if status in NOT_WORTH_RETRYING and job.restart_times > job.attempt - 1:
+        attempts_left = job.restart_times > job.attempt - 1
+        if status in NOT_WORTH_RETRYING and attempts_left:
             job.attempt = job.restart_times + 1  # Snakemake retries while attempts are left
             msg = f"{msg} Not retried: {NOT_WORTH_RETRYING[status]}."
+        elif status in RETRIED_BECAUSE and attempts_left:
+            msg = (
+                f"{msg} Retried (attempt {job.attempt + 1} of {job.restart_times + 1}): "
+                f"{RETRIED_BECAUSE[status]}."
+            )
         if msg and job.is_group():
             self.logger.error(f"Group job {job.groupid} failed: {msg}")
         super().report_job_error(job_info, msg=msg, **kwargs)
@@ -94,6 +100,16 @@ class Executor(SlurmExecutor):
 NOT_WORTH_RETRYING = {
     "FAILED": "the step exited with an error, which a retry would repeat (see its log)",
     "CANCELLED": "the job was cancelled (scancel); rerun Snakemake to resume",
+}
+
+
+# SLURM states that a retry can get past, and why (the rules scale resources by `attempt`).
+RETRIED_BECAUSE = {
+    "OUT_OF_MEMORY": "the job ran out of memory; the retry asks for mem_mb x attempt",
+    "TIMEOUT": "the job ran out of time; the retry asks for runtime x attempt",
+    "NODE_FAIL": "the job's node failed; SLURM places the retry on a node that is up",
+    "PREEMPTED": "the job was preempted",
+    "BOOT_FAIL": "the job's node did not boot",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -151,11 +152,31 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     cluster.cancel_all()
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    """The fault suite's counts (tests/slurm/test_faults.py), when it ran."""
-    import sys
+@pytest.fixture(scope="session")
+def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fault suite's pipeline, run locally and left alone: the reference of every fault."""
+    from faultkit import FAULT_CFG
+    from workdir import make_workdir, snakemake
 
-    faults = sys.modules.get("test_faults")
+    wd = make_workdir(tmp_path_factory.mktemp("undisturbed"), FAULT_CFG)
+    snakemake(wd, timeout=600)
+    return wd
+
+
+@pytest.fixture(autouse=True)
+def kill_leftover_runs() -> Iterator[None]:
+    """A failed test must not leave its background Snakemake running (blocked on its pipe)."""
+    yield
+    faults = sys.modules.get("faultkit")
+    while faults is not None and faults.STARTED:
+        if (proc := faults.STARTED.pop()).poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault suite's counts (tests/slurm/faultkit.py), when it ran."""
+    faults = sys.modules.get("faultkit")
     if faults is not None and faults.COUNTS:
         terminalreporter.section("fault injection")
         for key, value in faults.COUNTS.items():

@@ -27,168 +27,27 @@ import json
 import os
 import re
 import signal
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pausepoints
 import pytest
+from faultkit import (
+    FAULT_CFG,
+    METRICS,
+    assert_untouched,
+    count,
+    finish,
+    finished_outputs,
+    log_text,
+    partial_outputs,
+    paused_env,
+    run_in_background,
+    wait_for,
+)
 from test_pipeline_slurm import slurm_profile
 from workdir import make_workdir, snakemake
 
-from hpcpipe.atomic import TMP_MARK, stale_temporaries
-from hpcpipe.provenance import SUFFIX, checksum
-
 pytestmark = [pytest.mark.slurm, pytest.mark.faults]
-
-# Enough training to be interrupted mid-way (about 5 s per model here), checkpoints often.
-FAULT_CFG = {"train": {"epochs": 80, "patience": 80, "checkpoint_every": 20}}
-METRICS = ("results/eval/cnn/0/metrics.json", "results/eval/unet/0/metrics.json")
-COUNTS: dict[str, int] = {}  # what the session summary reports
-
-
-def _count(key: str, n: int = 1) -> None:
-    COUNTS[key] = COUNTS.get(key, 0) + n
-
-
-@pytest.fixture(scope="module")
-def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    wd = make_workdir(tmp_path_factory.mktemp("undisturbed"), FAULT_CFG)
-    snakemake(wd, timeout=600)
-    return wd
-
-
-def finished_outputs(wd: Path) -> dict[str, str]:
-    """Every output of a finished step (it has a manifest), with its checksum now.
-
-    Fails if an output under its final name does not match the checksum its step recorded:
-    that would be a partial output taken for a finished one.
-    """
-    found = {}
-    for manifest in sorted([*wd.glob("data/**/*" + SUFFIX), *wd.glob("results/**/*" + SUFFIX)]):
-        out = manifest.with_name(manifest.name.removesuffix(SUFFIX))
-        record = json.loads(manifest.read_text())
-        recorded = next(v for k, v in record["outputs"].items() if Path(k).name == out.name)
-        assert out.exists(), f"{manifest} describes {out}, which is missing"
-        now = checksum(out)
-        assert now == recorded, f"{out} differs from what its step wrote: a partial output"
-        found[str(out.relative_to(wd))] = now
-    return found
-
-
-def outputs_under_final_names(wd: Path) -> list[Path]:
-    """Every output under data/ and results/ (files and Zarr stores; no manifests and no
-    temporaries)."""
-    found, todo = [], [wd / "data", wd / "results"]
-    while todo:
-        folder = todo.pop()
-        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if p.name.endswith(SUFFIX) or TMP_MARK in p.name:
-                continue
-            if p.is_dir() and p.suffix != ".zarr":
-                todo.append(p)
-            else:
-                found.append(p)
-    return found
-
-
-def taken_for_finished(wd: Path) -> list[str]:
-    """Outputs under a final name that are not what a finished step wrote: no manifest (a
-    temporary promoted, or a write that was not atomic), or a checksum that no longer matches
-    the manifest's (overwritten after the step finished)."""
-    bad = []
-    for out in outputs_under_final_names(wd):
-        rel, manifest = out.relative_to(wd), out.with_name(out.name + SUFFIX)
-        if not manifest.exists():
-            bad.append(f"{rel}: under its final name without a manifest")
-            continue
-        outputs = json.loads(manifest.read_text())["outputs"]
-        recorded = next((v for k, v in outputs.items() if Path(k).name == out.name), None)
-        if recorded != checksum(out):
-            bad.append(f"{rel}: differs from the checksum its step recorded")
-    return bad
-
-
-def partial_outputs(wd: Path) -> list[Path]:
-    """Temporaries of killed writers (partial outputs, never under a final name); fails if a
-    partial output sits under a final name."""
-    found = stale_temporaries(wd / "data") + stale_temporaries(wd / "results")
-    bad = taken_for_finished(wd)
-    _count("partial outputs found", len(found))
-    _count("partial outputs taken for finished", len(bad))
-    assert not bad, f"partial outputs taken for finished: {bad}"
-    return found
-
-
-STARTED: list[subprocess.Popen] = []  # killed after each test (kill_leftover_runs)
-
-
-@pytest.fixture(autouse=True)
-def kill_leftover_runs() -> Iterator[None]:
-    """A failed test must not leave its background Snakemake running (blocked on its pipe)."""
-    yield
-    while STARTED:
-        if (proc := STARTED.pop()).poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def run_in_background(
-    wd: Path, profile: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        ["snakemake", "--profile", str(profile)],
-        cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
-    STARTED.append(proc)
-    return proc
-
-
-def paused_env(bin_dir: Path, pause: Path, **point: object) -> dict[str, str]:
-    """The environment for a Snakemake run whose steps (SLURM jobs too: sbatch --export=ALL)
-    run ``hpcpipe`` through the pause-point wrapper, paused at ``point``."""
-    pausepoints.wrapper(bin_dir)
-    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
-    return {**os.environ, "PATH": path, **pausepoints.pause_env(pause, **point)}
-
-
-def wait_for(what: str, condition, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"snakemake ended before {what}:\n{out[-4000:]}")
-        time.sleep(poll)
-    proc.kill()
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        raise
-    return proc.returncode, out
-
-
-def log_text(wd: Path, name: str) -> str:
-    path = wd / "logs" / f"{name}.log"
-    return path.read_text() if path.exists() else ""
-
-
-def assert_untouched(before: dict[str, str], wd: Path) -> None:
-    """Finished steps were not recomputed: their outputs are the very same files."""
-    after = finished_outputs(wd)
-    recomputed = [k for k, v in before.items() if after.get(k) != v]
-    _count("finished outputs checked", len(before))
-    _count("finished outputs recomputed", len(recomputed))
-    assert not recomputed, f"finished outputs were recomputed: {recomputed}"
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +68,7 @@ def disturbed(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     slurm_cluster.run(["scancel", at["job"]])
     code, out = finish(proc)
     assert code != 0 and "Not retried: the job was cancelled" in out, out[-4000:]
-    _count("jobs killed")
+    count("jobs killed")
     assert Path(at["temporary"]) in partial_outputs(wd), "the kill left no half-written store"
     done = finished_outputs(wd)
     assert "data/raw.zarr" in done and "results/preprocessed.zarr" not in done
@@ -224,7 +83,7 @@ def disturbed(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.kill(at["pid"], signal.SIGKILL)
     code, out = finish(proc)
     assert code != 0 and "Not retried" in out, out[-4000:]
-    _count("jobs killed")
+    count("jobs killed")
     assert list((wd / ".checkpoints" / "cnn" / "0").glob("*/step-*.pt"))
     partial_outputs(wd)
     assert_untouched(done, wd)
@@ -247,7 +106,7 @@ def test_disturbed_pipeline_ends_with_the_undisturbed_metrics(
         assert json.loads((disturbed / rel).read_text()) == json.loads(
             (undisturbed / rel).read_text()
         ), rel
-    _count("metrics files identical to the undisturbed run", len(METRICS))
+    count("metrics files identical to the undisturbed run", len(METRICS))
 
 
 def test_time_limit_warning_checkpoints_requeues_and_finishes(
@@ -289,7 +148,7 @@ def test_time_limit_warning_checkpoints_requeues_and_finishes(
     m = re.search(r"SLURM job (\d+), restart (\d+)", log)
     assert m and m.group(1) == at["job"] and "resuming from" in log, log[-3000:]
     assert m.group(2) == "1" and slurm_cluster.show_job(at["job"])["Restarts"] == "1", log
-    _count("time-limit requeues", int(m.group(2)))
+    count("time-limit requeues", int(m.group(2)))
     got = json.loads((wd / METRICS[0]).read_text())
     assert got == json.loads((undisturbed / METRICS[0]).read_text())
 
@@ -337,4 +196,4 @@ def test_job_over_its_time_limit_is_retried_with_more_time(slurm_cluster, tmp_pa
     assert slurm_cluster.show_job(first)["TimeLimit"] == "00:01:00"
     assert slurm_cluster.state(second) == "COMPLETED"
     assert slurm_cluster.show_job(second)["TimeLimit"] == "00:02:00"
-    _count("time-limit retries with more time")
+    count("time-limit retries with more time")

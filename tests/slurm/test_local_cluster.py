@@ -1,4 +1,5 @@
-"""The local SLURM cluster does what the workflow relies on: partitions, GPUs, tasks, limits.
+"""The local SLURM cluster does what the workflow relies on: nodes, partitions, GPUs, tasks,
+limits (time, and memory enforced by cgroups) and accounting (sacct).
 
 Needs `scripts/local-slurm start`. Each test submits real jobs; the whole module takes about
 1.5 minutes: a real time limit takes 60-90 s (minute granularity), the other tests about 15 s
@@ -8,21 +9,88 @@ soon as the job ends.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytestmark = pytest.mark.slurm
 
 
-def test_cluster_declares_partitions_and_gpus(slurm_cluster):
-    result = slurm_cluster.run(["sinfo", "--noheader", "--format=%P %a %G %T"])
+def test_cluster_has_three_nodes_with_partitions_and_gpus(slurm_cluster):
+    result = slurm_cluster.run(["sinfo", "--noheader", "--Node", "--format=%N %P %a %G %T"])
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
-    # cpu is the default partition (the asterisk), gpu carries the two declared GPUs.
-    assert set(rows) == {"cpu*", "gpu"}, rows
-    for avail, gres, state in rows.values():
-        assert avail == "up"
-        assert gres == "gpu:2"
-        assert state in ("idle", "mixed", "allocated")
+    rows = [line.split() for line in result.stdout.splitlines()]
+    nodes = {name for name, *_ in rows}
+    # cpu (the default, the asterisk) spans every node, gpu the nodes with two GPUs each.
+    assert nodes == {"node1", "node2", "node3"}, rows
+    by_partition: dict[str, set[str]] = {}
+    for name, partition, avail, gres, state in rows:
+        by_partition.setdefault(partition, set()).add(name)
+        assert avail == "up" and state in ("idle", "mixed", "allocated"), rows
+        assert (gres == "gpu:2") == (name != "node1"), rows  # node1 is the CPU-only node
+    assert by_partition == {"cpu*": nodes, "gpu": {"node2", "node3"}}, rows
+
+
+def test_node_names_resolve_for_the_ranks(slurm_cluster, tmp_path):
+    """A job's node list gives its ranks their master address: the names must resolve."""
+    result = slurm_cluster.sbatch(
+        "--nodes=2", "--ntasks-per-node=1", "--time=1",
+        script=f"srun bash -c 'echo $SLURMD_NODENAME $(getent hosts node1)' > {tmp_path}/ranks.txt",
+        workdir=tmp_path, wait=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "ranks.txt").read_text().splitlines()
+    assert len(lines) == 2 and {line.split()[1] for line in lines} == {"127.0.0.1"}, lines
+    assert len({line.split()[0] for line in lines}) == 2, lines  # two different nodes
+
+
+# Touches every page of {mb} MB, so that all of it is resident, then waits {sleep} s.
+ALLOCATE = (
+    "python3 -c 'a = bytearray({mb} << 20)\nfor i in range(0, len(a), 4096): a[i] = 1\n"
+    "import time; time.sleep({sleep})'"
+)
+
+
+def test_job_over_its_memory_is_killed_out_of_memory(slurm_cluster, tmp_path):
+    """cgroups enforce --mem: the job ends OUT_OF_MEMORY, as on a real site."""
+    result = slurm_cluster.sbatch(
+        "--mem=150", "--time=1", script=ALLOCATE.format(mb=400, sleep=0),
+        workdir=tmp_path, wait=True,
+    )  # fmt: skip
+    job_id = result.stdout.strip().split(";")[0]
+    assert slurm_cluster.state(job_id) == "OUT_OF_MEMORY", slurm_cluster.show_job(job_id)
+    assert "oom-kill" in (tmp_path / f"slurm-{job_id}.out").read_text()
+
+
+def test_sacct_reports_max_rss_and_cpu_time(slurm_cluster, tmp_path):
+    """Accounting (slurmdbd): sacct answers, with the step's peak memory and CPU time."""
+    result = slurm_cluster.sbatch(
+        "--mem=1000", "--time=1", script=ALLOCATE.format(mb=300, sleep=5),
+        workdir=tmp_path, wait=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip().split(";")[0]
+    fields = {}
+    deadline = time.monotonic() + 30  # slurmctld sends the record to slurmdbd at its pace
+    while time.monotonic() < deadline and not fields.get("MaxRSS"):
+        out = slurm_cluster.run(
+            ["sacct", "-n", "-P", "-j", f"{job_id}.batch", "-o", "State,MaxRSS,TotalCPU"]
+        ).stdout.split()
+        fields = (
+            dict(zip(("State", "MaxRSS", "TotalCPU"), out[0].split("|"), strict=False))
+            if out
+            else {}
+        )
+        time.sleep(1)
+    assert fields.get("State") == "COMPLETED", fields
+    max_rss_mb = _megabytes(fields["MaxRSS"])
+    assert 280 <= max_rss_mb <= 400, fields  # 300 MB touched, plus the interpreter
+    assert fields["TotalCPU"] not in ("", "00:00:00"), fields
+
+
+def _megabytes(text: str) -> float:
+    units = {"K": 2**-10, "M": 1.0, "G": 2**10}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text) / 2**20
 
 
 def test_cpu_job_runs_and_writes_its_job_id(slurm_cluster, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,6 +95,11 @@ def slurm_job(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
     return {
         k.removeprefix("SLURM_").lower(): environ[k] for k in SLURM_JOB_VARIABLES if k in environ
     }
+
+
+def node_name(environ: Mapping[str, str] = os.environ) -> str:
+    """The SLURM node this process runs on (several slurmd may share one host), else the host."""
+    return environ.get("SLURMD_NODENAME", "").strip() or socket.gethostname().split(".")[0]
 
 
 def restart_count(environ: Mapping[str, str] = os.environ) -> int:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +27,10 @@ from hpcpipe.runtime.dask.common import (
     log,
     log_dashboard,
     wait_for_workers,
+    workers_info,
 )
 from hpcpipe.runtime.dask.settings import DaskSettings
-from hpcpipe.runtime.environment import DistEnv, slurm_job
+from hpcpipe.runtime.environment import DistEnv, node_name, slurm_job
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -79,11 +81,12 @@ def serve_allocation_worker(settings: DaskSettings, alloc: Allocation) -> bool:
     # Rank 0 may still be starting the scheduler.
     late = f"no scheduler file {path} appeared within {settings.timeout:g} s"
     _wait_for_file(path, settings.timeout, late)
-    asyncio.run(_run_worker(path, alloc.cpus, memory, settings.timeout))
+    name = f"{node_name()}/rank{env.rank}"
+    asyncio.run(_run_worker(path, name, alloc.cpus, memory, settings.timeout))
     return True
 
 
-async def _run_worker(path: Path, nthreads: int, memory: int, timeout: float) -> None:
+async def _run_worker(path: Path, name: str, nthreads: int, memory: int, timeout: float) -> None:
     from distributed import Worker
 
     local = tempfile.mkdtemp(prefix="hpcpipe-dask-worker-")
@@ -91,7 +94,7 @@ async def _run_worker(path: Path, nthreads: int, memory: int, timeout: float) ->
         # death_timeout: a worker whose scheduler is gone (rank 0 failed) exits instead of
         # keeping the step alive until its time limit.
         async with Worker(
-            scheduler_file=str(path), nthreads=nthreads, memory_limit=memory,
+            scheduler_file=str(path), name=name, nthreads=nthreads, memory_limit=memory,
             local_directory=local, death_timeout=timeout, dashboard=False,
         ) as worker:  # fmt: skip
             await worker.finished()
@@ -134,9 +137,19 @@ def allocation_client(alloc: Allocation, settings: DaskSettings) -> Iterator[Cli
         why = functools.partial(_joined, client, n_workers, settings.timeout)
         wait_for_workers(client, n_workers, settings.timeout, MODE, why)
         log_dashboard(client, f"scheduler on rank 0 of {env.world_size}")
+        _log_nodes(client)
         yield client
     finally:
         _shut_down(client, scheduler, path)
+
+
+def _log_nodes(client: Client) -> None:
+    """Which nodes the worker ranks run on (named "<node>/rank<r>" by their rank)."""
+    workers = workers_info(client).values()
+    nodes = Counter(str(w.get("name", "?")).partition("/")[0] for w in workers)
+    log.info(
+        "dask: worker ranks per node: %s", ", ".join(f"{n} {c}" for n, c in sorted(nodes.items()))
+    )
 
 
 def _start_scheduler(path: Path) -> subprocess.Popen[str]:

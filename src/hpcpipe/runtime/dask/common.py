@@ -59,13 +59,18 @@ def wait_for_workers(
         raise fail(mode, why()) from exc
 
 
-def log_dashboard(client: Client, what: str) -> None:
-    """Log where the scheduler and its dashboard are, and what the workers have in all."""
+def workers_info(client: Client) -> dict[str, dict[str, Any]]:
+    """The scheduler's record of every worker, by address."""
     try:
         info: dict[str, Any] = client.scheduler_info(n_workers=-1)  # all, not the first five
     except TypeError:  # distributed before 2025.4 lists all of them anyway
         info = client.scheduler_info()
-    workers = info.get("workers", {})
+    return info.get("workers", {})
+
+
+def log_dashboard(client: Client, what: str) -> None:
+    """Log where the scheduler and its dashboard are, and what the workers have in all."""
+    workers = workers_info(client)
     threads = sum(w.get("nthreads", 0) for w in workers.values())
     memory = sum(w.get("memory_limit", 0) or 0 for w in workers.values())
     log.info(

@@ -1,0 +1,144 @@
+"""Steps that span nodes of the local cluster (marker ``multinode``): DDP ranks and Dask workers.
+
+The nodes are slurmd daemons on one host (scripts/local-slurm), so "across nodes" means
+across SLURM's node boundary: separate allocations, srun placing ranks per node, and a master
+address taken from the job's node list. About 1 minute.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from test_dask_slurm import assert_right, raw_store  # noqa: F401  (a fixture)
+from testdata import PREPROCESS_PARAMS as PARAMS
+from trainingdata import make_features
+
+from hpcpipe import preprocess as pp
+from hpcpipe.runtime.allocation import Allocation
+from hpcpipe.runtime.dask import DaskSettings, JobqueueSettings, dask_runtime
+from hpcpipe.store import open_store, write_store
+
+pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
+
+CNN = {"channels": 8, "layers": 2, "kernel_size": 3}
+TRAIN = {"epochs": 2, "batch_size": 16, "lr": 0.005, "weight_decay": 0.0,
+         "lr_schedule": "cosine", "patience": 2, "deterministic": True}  # fmt: skip
+
+
+def _train_command(features: Path, out: Path, ranks: int) -> str:
+    step = [
+        sys.executable, "-m", "hpcpipe.cli", "launch", "-n", str(ranks),
+        sys.executable, "-m", "hpcpipe.cli", "train",
+        "--params", json.dumps({"train": TRAIN, "model": CNN}),
+        "--train", str(features / "train.zarr"), "--val", str(features / "val.zarr"),
+        "--model", "cnn", "--seed", "0", "--output", str(out / "model.pt"),
+        "--history", str(out / "history.csv"), "--threads", "1", "--log", str(out / "train.log"),
+        "--checkpoints", str(out / "checkpoints"),
+    ]  # fmt: skip
+    return shlex.join(step)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model.pt", weights_only=True)["state_dict"]
+
+
+def test_ddp_across_two_nodes_equals_one_node_and_one_rank(slurm_cluster, tmp_path):
+    """2 ranks on 2 nodes (gloo) end with exactly the weights of 2 ranks on one node: the same
+    ring all-reduce in the same order, wherever the ranks are. Against 1 rank with the same
+    global batch, the sums run in another order: equal to float rounding (as in the unit test)."""
+    features = make_features(tmp_path / "features")
+    shapes = {
+        "two-nodes": ("--nodes=2", "--ntasks-per-node=1"),
+        "one-node": ("--nodes=1", "--ntasks=2"),
+        "one-rank": ("--nodes=1", "--ntasks=1"),
+    }
+    jobs = {}
+    for name, shape in shapes.items():
+        out = tmp_path / name
+        out.mkdir()
+        ranks = 1 if name == "one-rank" else 2
+        result = slurm_cluster.sbatch(
+            *shape, "--cpus-per-task=1", "--mem-per-cpu=1500", "--time=10",
+            script=_train_command(features, out, ranks), workdir=out,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        jobs[name] = result.stdout.strip().split(";")[0]
+    for name, job in jobs.items():
+        state = slurm_cluster.wait_for_state(job, slurm_cluster.final_states, timeout=300)
+        log = (tmp_path / name / "train.log").read_text()
+        assert state == "COMPLETED", f"{name}: {state}\n{log[-3000:]}"
+    nodelist = slurm_cluster.show_job(jobs["two-nodes"])["NodeList"]
+    hosts = slurm_cluster.run(["scontrol", "show", "hostnames", nodelist])
+    assert len(hosts.stdout.split()) == 2, hosts.stdout  # the ranks really were on two nodes
+    across, within, single = (_weights(tmp_path / n) for n in shapes)
+    assert across.keys() == within.keys() == single.keys()
+    for k in across:
+        assert torch.equal(across[k], within[k]), k
+        torch.testing.assert_close(across[k], single[k], rtol=1e-3, atol=1e-5)
+
+
+def test_allocation_mode_spans_two_nodes(slurm_cluster, raw_store, tmp_path):  # noqa: F811
+    out = tmp_path / "pre.zarr"
+    step = [
+        sys.executable, "-m", "hpcpipe.cli", "preprocess", "--input", str(raw_store),
+        "--output", str(out), "--stats", str(tmp_path / "stats.json"),
+        "--params", json.dumps(PARAMS), "--dask", json.dumps({"mode": "allocation"}),
+        "--log", str(tmp_path / "preprocess.log"),
+    ]  # fmt: skip
+    # Two nodes, two ranks each: rank 0 (scheduler and step) and three workers.
+    result = slurm_cluster.sbatch(
+        "--nodes=2", "--ntasks-per-node=2", "--overcommit", "--mem=2000", "--time=5",
+        script=f"srun {shlex.join(step)}", workdir=tmp_path, wait=True, timeout=240,
+    )  # fmt: skip
+    log = (tmp_path / "preprocess.log").read_text()
+    assert result.returncode == 0, result.stderr + log
+    assert "scheduler on rank 0 of 4" in log and "3 workers" in log, log
+    line = next(ln for ln in log.splitlines() if "worker ranks per node" in ln)
+    nodes = dict(part.split() for part in line.split("per node: ")[1].split(", "))
+    assert len(nodes) == 2 and sorted(nodes.values()) == ["1", "2"], line
+    assert_right(open_store(out).load(), raw_store)
+
+
+def _worker_jobs(slurm_cluster, name: str) -> dict[str, tuple[str, str]]:
+    """The worker jobs named ``name``: id -> (state, node list)."""
+    result = slurm_cluster.run(
+        ["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i %T %N"]
+    )
+    rows = [line.split() + [""] for line in result.stdout.splitlines() if line.strip()]
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def test_jobqueue_workers_land_on_two_nodes(slurm_cluster, raw_store, tmp_path):  # noqa: F811
+    """Two worker jobs of 2 cores each: no node has room for both (2 CPUs per node)."""
+    name = f"hpcpipe-dask-2n-{uuid.uuid4().hex[:6]}"
+    jq = JobqueueSettings(
+        min_jobs=2, max_jobs=2, cores=2, memory="1GB", walltime="00:05:00", lifetime="4m",
+        lifetime_stagger="10s", partition="cpu", job_name=name,
+        log_directory=str(tmp_path / "worker-logs"),
+    )  # fmt: skip
+    alloc = Allocation(cpus=1, memory_bytes=2**30, gpus=0, in_slurm=False)
+    running: dict[str, tuple[str, str]] = {}
+    try:
+        with dask_runtime(alloc, DaskSettings(mode="jobqueue", timeout=120, jobqueue=jq)):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                running = {
+                    j: v for j, v in _worker_jobs(slurm_cluster, name).items() if v[0] == "RUNNING"
+                }
+                if len(running) == 2:
+                    break
+                time.sleep(0.5)
+            ds, _ = pp.preprocess(open_store(raw_store), PARAMS)
+            write_store(ds, tmp_path / "pre.zarr", {"time": 128})
+    finally:
+        slurm_cluster.submitted += list(_worker_jobs(slurm_cluster, name))
+    assert len(running) == 2, _worker_jobs(slurm_cluster, name)
+    assert len({node for _, node in running.values()}) == 2, running
+    assert_right(open_store(tmp_path / "pre.zarr").load(), raw_store)
