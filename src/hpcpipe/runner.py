@@ -121,7 +121,7 @@ def _remove_leftovers(outputs: list[str]) -> None:
 
 
 def _where() -> str:
-    from hpcpipe.runtime.environment import slurm_job
+    from hpcpipe.runtime.environment import node_name, slurm_job
 
     job = slurm_job()
     if job is None:
@@ -129,7 +129,7 @@ def _where() -> str:
     part = job.get("job_partition", "?")
     # A requeued job runs again under the same id: say which run this is.
     again = f", restart {job['restart_count']}" if job.get("restart_count", "0") != "0" else ""
-    return f" (SLURM job {job['job_id']}{again}, partition {part}, node {os.uname().nodename})"
+    return f" (SLURM job {job['job_id']}{again}, partition {part}, node {node_name()})"
 
 
 def _want_traceback() -> bool:

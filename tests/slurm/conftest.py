@@ -152,6 +152,26 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     cluster.cancel_all()
 
 
+MULTINODE_NODES = 3  # what `scripts/local-slurm start` gives by default
+
+
+@pytest.fixture(autouse=True)
+def _enough_nodes(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``multinode`` need the full cluster, not the quick path (--nodes 1)."""
+    if request.node.get_closest_marker("multinode") is None:
+        return
+    request.getfixturevalue("slurm_cluster")
+    nodes = set(run(["sinfo", "--noheader", "--Node", "--format=%N"]).stdout.split())
+    if len(nodes) < MULTINODE_NODES:
+        message = (
+            f"needs {MULTINODE_NODES} nodes, the cluster has {len(nodes)}: start it with "
+            "`scripts/local-slurm start` (without --nodes 1)"
+        )
+        if in_ci():
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def undisturbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fault suite's pipeline, run locally and left alone: the reference of every fault."""

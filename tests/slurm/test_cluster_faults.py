@@ -7,10 +7,12 @@ a final name. The counts join the fault summary printed at the end of the sessio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pausepoints
 import pytest
-from conftest import in_ci
+from conftest import LOCAL_SLURM, in_ci
 from faultkit import (
     FAULT_CFG,
     METRICS,
@@ -32,39 +34,61 @@ from faultkit import (
     taken_for_finished,
     wait_for,
 )
-from test_pipeline_slurm import JOB_LINE, slurm_profile
+from test_pipeline_slurm import slurm_profile
 from workdir import make_workdir, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.faults]
 
 CNN_ONLY = {**FAULT_CFG, "train": {**FAULT_CFG["train"], "models": ["cnn"]}}
-PREPARED = ("data/raw.zarr", "results/preprocessed.zarr", "results/thresholds.zarr")
+PREPARED = ("data/raw.zarr", "results/preprocessed.zarr", "results/features/train.zarr")
 
 
 def _alive(pid: int) -> bool:
+    """The process runs (a zombie, killed but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return "\nState:\tZ" not in status
+
+
+def _crash_node(node: str) -> None:
+    """What a node's crash does to SLURM: its slurmd and every process of its jobs die at
+    once (SIGKILL, by the node's cgroups). SLURM would find out after SlurmdTimeout; the
+    admin's "down" tells it now."""
+    pidfile = Path(f"/run/slurmd-{node}.pid")
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    for procs in Path(f"/sys/fs/cgroup/memory/slurm_{node}").rglob("cgroup.procs"):
+        for pid in procs.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN",
+                    "Reason=hpcpipe-test-crash"], check=True, timeout=30)  # fmt: skip
 
 
 @pytest.fixture
 def node_back_up(slurm_cluster) -> Iterator[list[str]]:
-    """The nodes a test sets down, resumed afterwards whatever happened."""
-    downed: list[str] = []
-    yield downed
-    for node in downed:
-        slurm_cluster.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"])
+    """The nodes a test crashes, brought back afterwards whatever happened: once their killed
+    slurmd is gone, `local-slurm start` starts it again and resumes the node."""
+    crashed: list[str] = []
+    yield crashed
+    for node in crashed:
+        pid = int(Path(f"/run/slurmd-{node}.pid").read_text())
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if crashed:
+        started = slurm_cluster.run([str(LOCAL_SLURM), "start"], timeout=180)
+        assert started.returncode == 0, started.stderr[-3000:]
 
 
 @pytest.mark.multinode
 def test_node_failure_under_training_resumes_on_another_node(
     slurm_cluster, undisturbed: Path, node_back_up: list[str], tmp_path: Path
 ) -> None:
-    """The node of a running training job goes down (scontrol): the job is requeued by SLURM
-    (the profile's --requeue) or retried by hpcpipe-slurm, runs on another GPU node, resumes
-    from its checkpoint and ends with the undisturbed run's metrics."""
+    """The node of a running training job crashes: the job is requeued by SLURM (the
+    profile's --requeue) or retried by hpcpipe-slurm, runs on another GPU node (the crashed one
+    is down), resumes from its checkpoint and ends with the undisturbed run's metrics."""
     wd = make_workdir(tmp_path / "wd", CNN_ONLY)
     snakemake(wd, "--until", "features", timeout=300)
     profile = slurm_profile(tmp_path / "profile")
@@ -76,18 +100,18 @@ def test_node_failure_under_training_resumes_on_another_node(
     slurm_cluster.submitted.append(at["job"])
     failed = slurm_cluster.show_job(at["job"])["NodeList"]
     node_back_up.append(failed)
-    down = ["scontrol", "update", f"NodeName={failed}", "State=DOWN", "Reason=hpcpipe-test"]
-    assert slurm_cluster.run(down).returncode == 0
-    # The node's job processes are killed: nothing of the first run goes on.
-    wait_for("the job's processes to end", lambda: not _alive(at["pid"]), proc, timeout=60)
+    _crash_node(failed)
+    # Nothing of the first run goes on (the killed process is gone once init reaps it).
+    wait_for("the crashed run to end", lambda: not _alive(at["pid"]), proc, timeout=30)
     pausepoints.release(pause)  # the rerun resumes after the pause point, never waits there
     code, out = finish(proc, timeout=600)
     assert code == 0, out[-4000:]
     log = log_text(wd, "train/cnn/0")
-    m = JOB_LINE.search(log)
+    # The last run's log: "(SLURM job <id>, restart 1, partition gpu, node <node>)" if SLURM
+    # requeued it, without "restart" if hpcpipe-slurm submitted a new job.
+    m = re.search(r"\(SLURM job (\d+)[^)]*, node (\S+)\)", log)
     assert m and "resuming from" in log, log[-3000:]
-    node = re.search(r"node (\S+)\)", m.group(0))
-    assert node and node.group(1) != failed, (failed, m.group(0))
+    assert m.group(2) != failed, (failed, m.group(0))
     got = json.loads((wd / METRICS[0]).read_text())
     assert got == json.loads((undisturbed / METRICS[0]).read_text())
     assert partial_outputs(wd) == []
@@ -107,7 +131,7 @@ def _max_rss_mb(slurm_cluster, job_id: str) -> float:
 
 
 def _job_ids(out: str) -> list[str]:
-    return re.findall(r"Submitted job \d+ with external jobid '(\d+)'", out)
+    return re.findall(r"has been submitted with SLURM jobid (\d+)", out)
 
 
 def test_out_of_memory_kill_is_retried_with_more_memory(
@@ -188,11 +212,19 @@ def _restart_controller(slurm_cluster, down_s: float) -> None:
         time.sleep(0.5)
 
 
-def test_controller_restart_mid_run_is_ridden_through(slurm_cluster, tmp_path: Path) -> None:
+# squeue is the profile's default (sites without slurmdbd); sacct works here too (slurmdbd).
+@pytest.mark.parametrize("status_command", ["squeue", "sacct"])
+def test_controller_restart_mid_run_is_ridden_through(
+    slurm_cluster, status_command: str, tmp_path: Path
+) -> None:
+    """slurmctld stops for 5 s and starts again while a job runs: the job keeps running, the
+    failed status checks are retried (the profile's status attempts) and the run finishes."""
     wd = tmp_path / "wd"
     wd.mkdir()
     (wd / "Snakefile").write_text(WAITING_SNAKEFILE)
-    profile = slurm_profile(tmp_path / "profile")
+    profile = slurm_profile(
+        tmp_path / "profile", **{"hpcpipe-slurm-status-command": status_command}
+    )
     proc = run_in_background(wd, profile)
     job = wait_for("the first job to start", lambda: _read(wd / "started"), proc, timeout=120)
     slurm_cluster.submitted.append(job)

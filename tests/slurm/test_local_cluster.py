@@ -16,6 +16,7 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 
+@pytest.mark.multinode
 def test_cluster_has_three_nodes_with_partitions_and_gpus(slurm_cluster):
     result = slurm_cluster.run(["sinfo", "--noheader", "--Node", "--format=%N %P %a %G %T"])
     assert result.returncode == 0, result.stderr
@@ -31,6 +32,7 @@ def test_cluster_has_three_nodes_with_partitions_and_gpus(slurm_cluster):
     assert by_partition == {"cpu*": nodes, "gpu": {"node2", "node3"}}, rows
 
 
+@pytest.mark.multinode
 def test_node_names_resolve_for_the_ranks(slurm_cluster, tmp_path):
     """A job's node list gives its ranks their master address: the names must resolve."""
     result = slurm_cluster.sbatch(
