@@ -27,7 +27,7 @@ def test_cluster_has_three_nodes_with_partitions_and_gpus(slurm_cluster):
     by_partition: dict[str, set[str]] = {}
     for name, partition, avail, gres, state in rows:
         by_partition.setdefault(partition, set()).add(name)
-        assert avail == "up" and state in ("idle", "mixed", "allocated"), rows
+        assert avail == "up" and state in ("idle", "mixed", "allocated", "completing"), rows
         assert (gres == "gpu:2") == (name != "node1"), rows  # node1 is the CPU-only node
     assert by_partition == {"cpu*": nodes, "gpu": {"node2", "node3"}}, rows
 
