@@ -1,0 +1,227 @@
+"""Sharded training (``train.strategy``): FSDP2 and hybrid sharding on real gloo groups give
+DDP's weights, hold about 1/world of the state per rank, and their sharded checkpoints
+(torch.distributed.checkpoint) resume on another number of ranks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from test_train import CNN, TRAIN_CFG
+from trainingdata import make_features
+
+from hpcpipe.models.files import load_model
+from hpcpipe.runtime.environment import ranks_per_node
+from hpcpipe.train import trainer as train_module
+from hpcpipe.train.checkpoint import CheckpointError, Checkpoints, run_identity
+from hpcpipe.train.stop import StopRequest, TrainingStopped
+from hpcpipe.train.strategy import mesh_shape, strategy_of
+
+# STEPS steps per epoch, 12 in all; a stopped run is asked to stop at step STOP_AT (epoch 2).
+CFG = TRAIN_CFG | {"epochs": 2, "checkpoint_every": 0}
+STEPS, STOP_AT = 6, 9
+# FSDP's reduce-scatter and DDP's all-reduce add the same two numbers per gradient element
+# and both divide by the world size: the weights agree to float32 rounding.
+RTOL, ATOL = 1e-5, 1e-7
+# A run resumed on another number of ranks sums each gradient over a different split of the
+# batch for the rest of the run: float32 rounding, grown a little by Adam over the steps.
+RESUME_RTOL, RESUME_ATOL = 1e-4, 1e-6
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_features(tmp_path_factory.mktemp("features"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _StopAt(StopRequest):
+    """A stop request that arrives at step ``STOP_AT``, as SIGTERM would (the checkpointer
+    reads ``signum`` once per step)."""
+
+    def __init__(self) -> None:
+        self._polls = 0
+        super().__init__()
+
+    @property
+    def signum(self) -> int | None:
+        self._polls += 1
+        return signal.SIGTERM if self._polls >= STOP_AT else self._signum
+
+    @signum.setter
+    def signum(self, value: int | None) -> None:
+        self._signum = value
+
+
+def _train(features: Path, out: Path, strategy: str, stop: bool = False) -> dict | None:
+    """One training run in this process (its rank from the environment)."""
+    real = train_module.StopRequest
+    train_module.StopRequest = _StopAt if stop else real  # type: ignore[misc]
+    try:
+        return train_module.train(
+            "cnn", CNN, CFG | {"strategy": strategy}, 0, features, out / "model.pt",
+            out / "history.csv", threads=1, checkpoint_dir=out / "ckpt",
+        )  # fmt: skip
+    except TrainingStopped:
+        return None
+    finally:
+        train_module.StopRequest = real
+
+
+def _rank(rank: int, world: int, runs: list[tuple], features: str) -> None:
+    """Rank ``rank`` of ``world`` runs ``runs`` one after the other, each in its own group:
+    (strategy, out, ranks per node, port, stop)."""
+    for strategy, out, per_node, port, stop in runs:
+        os.environ.update(
+            RANK=str(rank), LOCAL_RANK=str(rank % per_node), WORLD_SIZE=str(world),
+            LOCAL_WORLD_SIZE=str(per_node), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        )  # fmt: skip
+        summary = _train(Path(features), Path(out), strategy, stop)
+        if summary is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            Path(out, f"bytes{rank}.txt").write_text(repr(summary["state_bytes"]))
+
+
+def _spawn(world: int, runs: list[tuple], features: Path, timeout: float = 300) -> None:
+    ctx = mp.spawn(_rank, args=(world, runs, str(features)), nprocs=world, join=False)
+    deadline = time.monotonic() + timeout  # a hung rank fails the test instead of the CI run
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"a rank did not finish within {timeout} s")
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert all(type(v) is torch.Tensor for v in state.values())  # ordinary, no DTensor
+    return state
+
+
+def _max_rel(a: dict, b: dict) -> float:
+    return max(float(((a[k] - b[k]).abs() / b[k].abs().clamp(min=1e-6)).max()) for k in a)
+
+
+def _assert_same_weights(got: Path, want: Path, rtol: float, atol: float) -> None:
+    a, b = _weights(got), _weights(want)
+    assert a.keys() == b.keys()
+    print(f"{got.name} vs {want.name}: max relative difference {_max_rel(a, b):.2e}")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=atol, msg=k)
+
+
+@pytest.fixture(scope="module")
+def runs(features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """On 2 ranks: ddp, fsdp, hybrid as 2 nodes x 1 rank, and fsdp stopped at STOP_AT; on 1
+    rank fsdp stopped at STOP_AT."""
+    root = tmp_path_factory.mktemp("strategies")
+    plan = [
+        ("ddp", root / "ddp", 2, _free_port(), False),
+        ("fsdp", root / "fsdp", 2, _free_port(), False),
+        ("hybrid", root / "hybrid", 1, _free_port(), False),  # torchrun's view of 2 nodes
+        ("fsdp", root / "stopped2", 2, _free_port(), True),
+    ]
+    _spawn(2, plan, features)
+    assert _train(features, root / "stopped1", "fsdp", stop=True) is None
+    return root
+
+
+def test_fsdp_and_hybrid_end_with_ddps_weights(runs: Path) -> None:
+    _assert_same_weights(runs / "fsdp", runs / "ddp", RTOL, ATOL)
+    _assert_same_weights(runs / "hybrid", runs / "ddp", RTOL, ATOL)
+    model, meta = load_model(runs / "fsdp" / "model.pt")  # evaluate's view: one state dict
+    assert meta["train_config"]["strategy"] == "fsdp" and not model.training
+
+
+def test_fsdp_holds_half_the_state_per_rank(runs: Path) -> None:
+    held = {s: eval((runs / s / "bytes0.txt").read_text()) for s in ("ddp", "fsdp", "hybrid")}
+    print("parameter + gradient + optimizer bytes on rank 0:", held)
+    ddp, fsdp = held["ddp"], held["fsdp"]
+    assert ddp["gradients"] == ddp["parameters"] and ddp["optimizer"] >= 2 * ddp["parameters"]
+    # Half, give or take the uneven split of parameters with an odd first dimension.
+    assert 0.45 < fsdp["total"] / ddp["total"] < 0.6
+    assert held["hybrid"]["total"] == ddp["total"]  # 1 rank per node: replicated
+
+
+# Two ranks agree on a stop request one step late (process_group.AnyRank).
+@pytest.mark.parametrize(
+    ("stopped", "step", "world"), [("stopped2", STOP_AT + 1, 1), ("stopped1", STOP_AT, 2)]
+)
+def test_sharded_checkpoint_resumes_on_another_world_size(
+    runs: Path, features: Path, tmp_path: Path, stopped: str, step: int, world: int
+) -> None:
+    """Stopped mid-epoch 2 on 2 ranks (1), resumed on 1 (2): the weights of an uninterrupted
+    run on 2 ranks."""
+    out = tmp_path / "resumed"
+    shutil.copytree(runs / stopped / "ckpt", out / "ckpt")
+    saved = list((out / "ckpt").glob("*/step-*.dcp"))
+    assert [p.name for p in saved] == [f"step-{step:09d}.dcp"], saved
+    if world == 1:
+        summary = _train(features, out, "fsdp")
+        assert summary is not None and summary["resumed_from"] == (2, step - STEPS)
+    else:
+        _spawn(2, [("fsdp", out, 2, _free_port(), False)], features)
+    _assert_same_weights(out, runs / "fsdp", RESUME_RTOL, RESUME_ATOL)
+    assert not (out / "ckpt").exists()  # finished: its checkpoints are gone
+
+
+def test_sharded_checkpoint_of_another_run_is_refused(runs: Path, features: Path) -> None:
+    [found] = (runs / "stopped2" / "ckpt").glob("*/step-*.dcp")
+    theirs = Checkpoints(runs / "stopped2" / "ckpt", _identity(features, "fsdp"))
+    assert theirs.files() == [found]
+    ours = Checkpoints(runs / "foreign", _identity(features, "fsdp", lr=0.001))
+    ours.dir.mkdir(parents=True)
+    shutil.copytree(found, ours.dir / found.name)  # copied by hand
+    with pytest.raises(CheckpointError, match=r"different run \(train\.lr: 0\.005 .* 0\.001 now"):
+        ours.load_latest()
+
+
+def _identity(features: Path, strategy: str, **overrides) -> dict:
+    return run_identity("cnn", CNN, CFG | {"strategy": strategy} | overrides, 0, features)
+
+
+def test_strategy_is_part_of_the_identity(features: Path) -> None:
+    key = {s: Checkpoints("x", _identity(features, s)).key for s in ("ddp", "fsdp", "hybrid")}
+    assert len(set(key.values())) == 3
+    # ddp is what checkpoints were before the key existed: they keep their directory.
+    assert key["ddp"] == Checkpoints("x", run_identity("cnn", CNN, CFG, 0, features)).key
+
+
+def test_bad_strategy_names_the_key(features: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"train\.strategy must be ddp, fsdp or hybrid"):
+        _train(features, tmp_path, "zero3")
+    assert strategy_of({}) == "ddp"
+
+
+@pytest.mark.parametrize(
+    ("strategy", "world", "per_node", "shape"),
+    [("fsdp", 4, 2, (4,)), ("hybrid", 2, 1, (2, 1)), ("hybrid", 4, 2, (2, 2)),
+     ("hybrid", 8, 8, (1, 8))],
+)  # fmt: skip
+def test_mesh_shape(strategy: str, world: int, per_node: int, shape: tuple) -> None:
+    assert mesh_shape(strategy, world, per_node) == shape
+
+
+@pytest.mark.parametrize(("world", "per_node"), [(6, 4), (3, None)])
+def test_hybrid_needs_even_nodes(world: int, per_node: int | None) -> None:
+    with pytest.raises(ValueError, match=r"train\.strategy=hybrid needs the same number"):
+        mesh_shape("hybrid", world, per_node)
+
+
+def test_ranks_per_node_from_the_launcher() -> None:
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}
+    assert ranks_per_node(torchrun) == 2
+    assert ranks_per_node({"SLURM_STEP_TASKS_PER_NODE": "2(x3)"}) == 2
+    assert ranks_per_node({"SLURM_STEP_TASKS_PER_NODE": "2(x3),1"}) is None
+    assert ranks_per_node({}) is None
