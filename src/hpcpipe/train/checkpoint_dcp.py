@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -62,7 +63,7 @@ def save(directory: Path, name: str, parts: dict[str, Any], state: dict[str, Any
         shutil.rmtree(tmp, ignore_errors=True)  # a rank killed while writing left it
     distributed.barrier()
     # Each rank writes its own files (fsync'ed by DCP's writer); rank 0 the metadata, last.
-    with _single_process() as single:
+    with _single_process() as single, _plain_errors():
         dcp.save(parts, checkpoint_id=tmp, no_dist=single)
     if main:
         with open(tmp / STATE, "wb") as f:
@@ -93,11 +94,25 @@ def load(
     if has_best:
         # Copies: the model's state dict shares the parameters' storage.
         parts["best"] = {k: v.detach().clone() for k, v in model_sd.items()}
-    with _single_process() as single:
+    with _single_process() as single, _plain_errors():
         dcp.load(parts, checkpoint_id=path, no_dist=single)
     set_model_state_dict(model, parts["model"])
     set_optimizer_state_dict(model, optimizer, parts["optimizer"])
     return parts.get("best")
+
+
+@contextlib.contextmanager
+def _plain_errors() -> Iterator[None]:
+    """DCP's CheckpointException (a BaseException, raised on every rank) as a RuntimeError
+    naming each rank's error, so that the step's error handling sees it."""
+    try:
+        yield
+    except CheckpointException as exc:
+        errors = "; ".join(
+            f"rank {rank}: {type(err).__name__}: {err}".rstrip(": ")
+            for rank, (err, _trace) in sorted(exc.failures.items())
+        )
+        raise RuntimeError(errors) from exc
 
 
 @contextlib.contextmanager
