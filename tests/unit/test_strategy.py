@@ -270,3 +270,37 @@ def test_ranks_per_node_from_the_launcher() -> None:
     assert ranks_per_node({"SLURM_STEP_TASKS_PER_NODE": "2(x3)"}) == 2
     assert ranks_per_node({"SLURM_STEP_TASKS_PER_NODE": "2(x3),1"}) is None
     assert ranks_per_node({}) is None
+
+
+def test_fsdp2_bf16_policy_on_one_gloo_rank() -> None:
+    """FSDP2's mixed precision on CPU (a forced 1-rank gloo group): the forward computes in
+    bf16, the sharded weights, their gradients and Adam's state stay float32, and the full
+    state dict is ordinary float32 tensors. (tests/gpu does the same over NCCL.)"""
+    import torch.distributed as dist
+
+    from hpcpipe.train.strategy import full_state_dict, shard, state_bytes
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+    )
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 2, 1)
+        )
+        seen: list[torch.dtype] = []
+        model[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        shard(model, "fsdp", (1,), torch.device("cpu"), bf16=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model(torch.randn(8, 4, 16, 16)).float().square().mean().backward()
+        opt.step()
+        assert seen == [torch.bfloat16]
+        params = list(model.parameters())
+        assert all(p.dtype == p.grad.dtype == torch.float32 for p in params)
+        held = state_bytes(model, opt)
+        assert held["gradients"] == held["parameters"]
+        assert held["optimizer"] == 2 * held["parameters"] + 4 * len(params)  # + Adam's steps
+        full = full_state_dict(model)
+        assert all(type(v) is torch.Tensor and v.dtype == torch.float32 for v in full.values())
+    finally:
+        dist.destroy_process_group()
