@@ -90,7 +90,8 @@ def train(
 
     Returns a summary: model, seed, best_epoch, best_val_loss, epochs_run, stopped_early,
     seconds (wall, from the call), world_size, device, resumed_from (epoch, step or None),
-    data_wait (share of the training time spent waiting for batches).
+    data_wait (share of the training time spent waiting for batches), state_bytes (this rank's
+    parameter, gradient and optimizer bytes: its shards under fsdp and hybrid).
     """
     t_start = time.perf_counter()
     job = _Job(model_name, model_cfg, train_cfg, seed)
