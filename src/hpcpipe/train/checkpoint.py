@@ -5,10 +5,10 @@ model, optimizer and LR-schedule state, RNG states, the position in the sample o
 and step), the history and the early-stopping state. It also holds the run's *identity* (model,
 config, seed, features), so a checkpoint is never resumed by a different run.
 
-Layout: ``DIR/<key>/step-000001234.pt`` (DDP; a directory ``step-000001234.dcp`` for the
-sharded strategies, :mod:`~hpcpipe.train.checkpoint_dcp`) where DIR is given by the rule (outside the rule's
-outputs, so Snakemake's clean-up of a failed job never deletes it) and ``key`` is a hash of the
-identity: a changed config trains from scratch in its own directory and the old checkpoints
+Layout: ``DIR/<key>/step-000001234.pt`` (a directory ``step-000001234.dcp`` under the sharded
+strategies, :mod:`~hpcpipe.train.checkpoint_dcp`) where DIR is given by the rule (outside the
+rule's outputs, so Snakemake's clean-up of a failed job never deletes it) and ``key`` is a hash
+of the identity: a changed config trains from scratch in its own directory and the old checkpoints
 stay where they are (change the config back and the old run resumes). Files are written to a
 temporary name, fsync'ed and renamed; the newest :data:`KEEP` are kept, so a corrupt newest
 file falls back to the one before.
@@ -179,6 +179,16 @@ class Checkpoints:
             pass
 
 
+def _agree(found: tuple[dict, Path] | None, files: Checkpoints) -> None:
+    """Every rank loads its shards of one checkpoint: they must all have found the same."""
+    seen = distributed.all_gather_object(found[1].name if found else None)
+    if len(set(seen)) > 1:
+        raise CheckpointError(
+            f"the ranks found different newest checkpoints in {files.dir} (rank by rank: "
+            f"{seen}): keep .checkpoints on a filesystem all nodes share"
+        )
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -316,6 +326,8 @@ class Checkpointer:
         if self.files is None:
             return None
         found = self.files.load_latest(map_location="cpu")
+        if self.what.sharded:
+            _agree(found, self.files)
         if found is None:
             self._from_scratch(self.files)
             return None
@@ -342,13 +354,8 @@ class Checkpointer:
 
     def _load_sharded(self, state: dict[str, Any], path: Path) -> dict[str, torch.Tensor] | None:
         """The shards of ``path`` into the model and optimizer; early stopping's best weights."""
-        seen = distributed.all_gather_object(path.name)
-        if len(set(seen)) > 1 or not path.is_dir():
-            raise CheckpointError(
-                f"the ranks found different newest checkpoints in {path.parent} ({seen}), or "
-                f"{path.name} is not a sharded one: keep .checkpoints on a filesystem all "
-                "nodes share"
-            )
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is not a sharded checkpoint (a .dcp directory)")
         w = self.what
         try:
             return checkpoint_dcp.load(path, w.model, w.optimizer, bool(state["has_best"]))
