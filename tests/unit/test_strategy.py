@@ -31,8 +31,9 @@ STEPS, STOP_AT, EVERY = 6, 9, 4
 # and both divide by the world size: the weights agree to float32 rounding.
 RTOL, ATOL = 1e-5, 1e-7
 # A run resumed on another number of ranks sums each gradient over a different split of the
-# batch for the rest of the run: float32 rounding, grown a little by Adam over the steps.
-RESUME_RTOL, RESUME_ATOL = 1e-4, 1e-6
+# batch for the rest of the run: float32 rounding (measured: at most 3e-8 apart, a tenth of
+# this tolerance).
+RESUME_RTOL, RESUME_ATOL = 1e-5, 1e-7
 
 
 @pytest.fixture(scope="module")
@@ -302,5 +303,23 @@ def test_fsdp2_bf16_policy_on_one_gloo_rank() -> None:
         assert held["optimizer"] == 2 * held["parameters"] + 4 * len(params)  # + Adam's steps
         full = full_state_dict(model)
         assert all(type(v) is torch.Tensor and v.dtype == torch.float32 for v in full.values())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_refuses_channels_last_parameters() -> None:
+    """Why sharded strategies keep the weights contiguous (torch 2.13). When this fails,
+    FSDP2 takes channels-last weights and build_network can stop special-casing them."""
+    import torch.distributed as dist
+
+    from hpcpipe.train.strategy import shard
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+    )
+    try:
+        model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3)).to(memory_format=torch.channels_last)
+        with pytest.raises(NotImplementedError, match="does not support non-contiguous param"):
+            shard(model, "fsdp", (1,), torch.device("cpu"), bf16=False)
     finally:
         dist.destroy_process_group()
