@@ -44,6 +44,7 @@ def test_every_schema_key_has_description_and_default():
             "features.leads[0]: 'a' is not of type 'integer'",
         ),
         (lambda c: c["train"].update(models=["mlp"]), "train.models[0]: 'mlp' is not one of"),
+        (lambda c: c["train"].update(strategy="zero3"), "train.strategy: 'zero3' is not one of"),
         (
             lambda c: c["evaluate"].update(headline_lead=9),
             "evaluate.headline_lead: 9 is not one of features.leads",

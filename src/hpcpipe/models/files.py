@@ -37,9 +37,15 @@ def model_file(
     name: str,
     model_cfg: dict[str, Any],
     meta: dict[str, Any],
+    state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """The model.pt dict of docs/data-contracts.md; ``meta`` adds in_channels, variables, ..."""
-    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """The model.pt dict of docs/data-contracts.md; ``meta`` adds in_channels, variables, ...
+
+    ``state``: the weights as ordinary CPU tensors, when ``model`` cannot give them itself
+    (a sharded model's are gathered by all ranks).
+    """
+    if state is None:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return {"model": name, "model_config": dict(model_cfg), "state_dict": state, **meta}
 
 

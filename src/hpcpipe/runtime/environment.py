@@ -132,6 +132,24 @@ def tasks_on_this_node(environ: Mapping[str, str] = os.environ) -> int:
     return counts[node] if node < len(counts) else 1
 
 
+def ranks_per_node(environ: Mapping[str, str] = os.environ) -> int | None:
+    """Ranks on each node of this run, when every node has the same number; None otherwise.
+
+    torchrun's ``LOCAL_WORLD_SIZE`` (its ``--nproc-per-node``) first, then SLURM's per-node
+    task list ("2(x3)"; uneven lists such as "2(x3),1" give None). Nothing set: None. Hybrid
+    sharding derives its 2-D mesh from this (nodes x ranks per node).
+    """
+    local = int_value(_get(environ, "torchrun", "local_world_size"))
+    if local is not None and _get(environ, "torchrun", "rank") is not None:
+        return local
+    counts: set[int] = set()
+    for part in (_get(environ, "srun", "tasks_per_node") or "").split(","):
+        num = part.partition("(x")[0].strip()
+        if num.isdigit():
+            counts.add(int(num))
+    return counts.pop() if len(counts) == 1 else None
+
+
 def visible_devices(environ: Mapping[str, str] = os.environ) -> list[str] | None:
     """The GPU ids made visible to this process, or None when nobody restricted them."""
     visible = environ.get(VISIBLE_DEVICES)

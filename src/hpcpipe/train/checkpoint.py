@@ -5,9 +5,10 @@ model, optimizer and LR-schedule state, RNG states, the position in the sample o
 and step), the history and the early-stopping state. It also holds the run's *identity* (model,
 config, seed, features), so a checkpoint is never resumed by a different run.
 
-Layout: ``DIR/<key>/step-000001234.pt`` where DIR is given by the rule (outside the rule's
-outputs, so Snakemake's clean-up of a failed job never deletes it) and ``key`` is a hash of the
-identity: a changed config trains from scratch in its own directory and the old checkpoints
+Layout: ``DIR/<key>/step-000001234.pt`` (a directory ``step-000001234.dcp`` under the sharded
+strategies, :mod:`~hpcpipe.train.checkpoint_dcp`) where DIR is given by the rule (outside the
+rule's outputs, so Snakemake's clean-up of a failed job never deletes it) and ``key`` is a hash
+of the identity: a changed config trains from scratch in its own directory and the old checkpoints
 stay where they are (change the config back and the old run resumes). Files are written to a
 temporary name, fsync'ed and renamed; the newest :data:`KEEP` are kept, so a corrupt newest
 file falls back to the one before.
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import uuid
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from torch import nn
 from hpcpipe.runtime import environment
 from hpcpipe.runtime.environment import DistEnv
 from hpcpipe.runtime.slurm import requeue_job
+from hpcpipe.train import checkpoint_dcp
 from hpcpipe.train import process_group as distributed
 from hpcpipe.train.data import FeatureStores
 from hpcpipe.train.schedule import Schedule
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 KEEP = 2  # the newest and one fallback
-_NAME = re.compile(r"step-(\d{9})\.pt$")
+_NAME = re.compile(r"step-(\d{9})\.(pt|dcp)$")
 
 
 class CheckpointError(RuntimeError):
@@ -109,9 +112,22 @@ class Checkpoints:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(self.dir)
-        for old in self.files()[KEEP:]:
-            old.unlink(missing_ok=True)
+        self.prune()
         return path
+
+    def save_sharded(self, parts: dict[str, Any], state: dict[str, Any], step: int) -> Path:
+        """Write a sharded checkpoint of global step ``step`` (collective); prune old ones."""
+        payload = {"format": FORMAT, "identity": self.identity, "key": self.key, **state}
+        name = f"step-{step:09d}{checkpoint_dcp.SUFFIX}"
+        path = checkpoint_dcp.save(self.dir, name, parts, payload)
+        if distributed.is_main():
+            self.prune()
+        return path
+
+    def prune(self) -> None:
+        """Keep the newest :data:`KEEP` checkpoints."""
+        for old in self.files()[KEEP:]:
+            _remove(old)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path] | None:
         """The newest readable checkpoint of this run, or None if there is none.
@@ -122,7 +138,10 @@ class Checkpoints:
         bad = []
         for path in self.files():
             try:
-                state = torch.load(path, map_location=map_location, weights_only=True)
+                # A sharded checkpoint's state.pt is the dict a single file holds, less the
+                # tensors DCP keeps beside it.
+                what = path / checkpoint_dcp.STATE if path.is_dir() else path
+                state = torch.load(what, map_location=map_location, weights_only=True)
                 if not isinstance(state, dict) or state.get("format") != FORMAT:
                     raise ValueError(f"not a format-{FORMAT} hpcpipe checkpoint")
             except Exception as exc:
@@ -150,14 +169,31 @@ class Checkpoints:
     def clear(self) -> None:
         """Remove this run's checkpoints (the run finished; its outputs hold the result)."""
         for p in self.files():
-            p.unlink(missing_ok=True)
-        for p in self.dir.glob(".step-*.tmp-*") if self.dir.is_dir() else []:
-            p.unlink(missing_ok=True)
+            _remove(p)
+        for p in self.dir.glob(".step-*.tmp*") if self.dir.is_dir() else []:
+            _remove(p)
         try:
             self.dir.rmdir()
             self.root.rmdir()  # only if no other run's checkpoints are left
         except OSError:
             pass
+
+
+def _agree(found: tuple[dict, Path] | None, files: Checkpoints) -> None:
+    """Every rank loads its shards of one checkpoint: they must all have found the same."""
+    seen = distributed.all_gather_object(found[1].name if found else None)
+    if len(set(seen)) > 1:
+        raise CheckpointError(
+            f"the ranks found different newest checkpoints in {files.dir} (rank by rank: "
+            f"{seen}): keep .checkpoints on a filesystem all nodes share"
+        )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -179,10 +215,15 @@ def run_identity(
     """What a checkpoint must match to be resumed: model, config, seed and the features."""
     from hpcpipe.provenance import recorded_checksum
 
+    train = {k: v for k, v in train_cfg.items() if k not in RUNTIME_KEYS}
+    if train.get("strategy") == "ddp":
+        # The default, and what every checkpoint written before train.strategy existed is:
+        # those keep their key and resume.
+        del train["strategy"]
     return {
         "model": model_name,
         "model_config": dict(model_cfg),
-        "train": {k: v for k, v in train_cfg.items() if k not in RUNTIME_KEYS},
+        "train": train,
         "seed": seed,
         "features": {s: recorded_checksum(p) for s, p in FeatureStores.of(features).items()},
     }
@@ -196,6 +237,8 @@ class Resumable:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     run: RunState
+    # fsdp and hybrid: sharded checkpoints (torch.distributed.checkpoint), on every rank.
+    sharded: bool = False
 
 
 class Checkpointer:
@@ -236,9 +279,12 @@ class Checkpointer:
             self.save(epoch, step, total)
 
     def save(self, epoch: int, step: int, total: torch.Tensor) -> Path | None:
-        """A checkpoint after ``step`` steps of ``epoch`` (collective; rank 0 writes)."""
+        """A checkpoint after ``step`` steps of ``epoch`` (collective; rank 0 writes, or
+        every rank its shards)."""
         w = self.what
         w.run.at_step(epoch, step, distributed.all_reduce_mean(total).cpu())
+        if w.sharded and self.files is not None:
+            return self._save_sharded(epoch, step)
         if not self.main or self.files is None:
             return None
         state = {
@@ -254,28 +300,70 @@ class Checkpointer:
         log.info("checkpoint: epoch %d step %d/%d -> %s", epoch, step, self.steps_per_epoch, path)
         return path
 
+    def _save_sharded(self, epoch: int, step: int) -> Path:
+        assert self.files is not None
+        w = self.what
+        best = w.schedule.best_state
+        parts = checkpoint_dcp.tensors(w.model, w.optimizer, best)
+        stopping = w.schedule.stopping_state_dict() | {"best_state": None}  # in ``parts``
+        state = {
+            "schedule": w.schedule.state_dict(),
+            "rng": rng_state(),
+            "run": w.run.state_dict() | stopping,
+            "has_best": best is not None,
+            "world_size": self.world_size,
+        }
+        path = self.files.save_sharded(parts, state, (epoch - 1) * self.steps_per_epoch + step)
+        if self.main:
+            log.info(
+                "checkpoint: epoch %d step %d/%d -> %s (sharded, %d rank(s))",
+                epoch, step, self.steps_per_epoch, path, self.world_size,
+            )  # fmt: skip
+        return path
+
     def resume(self, device: torch.device) -> tuple[int, int] | None:
         """Load the newest checkpoint of this run into everything; (epoch, step) or None."""
         if self.files is None:
             return None
         found = self.files.load_latest(map_location="cpu")
+        if self.what.sharded:
+            _agree(found, self.files)
         if found is None:
             self._from_scratch(self.files)
             return None
         state, path = found
         w = self.what
-        w.model.load_state_dict(state["model"])
-        w.optimizer.load_state_dict(state["optimizer"])
+        best = None
+        if w.sharded:
+            best = self._load_sharded(state, path)
+        else:
+            w.model.load_state_dict(state["model"])
+            w.optimizer.load_state_dict(state["optimizer"])
         w.schedule.load_state_dict(state["schedule"])
         set_rng_state(state["rng"])
         w.run.load_state_dict(state["run"])
         w.schedule.load_stopping_state_dict(state["run"], device)
+        if w.sharded:
+            w.schedule.best_state = best
         if self.main:
             log.info(
                 "resuming from %s: epoch %d, step %d (written with %d rank(s))",
                 path, w.run.epoch, w.run.step, state["world_size"],
             )  # fmt: skip
         return w.run.epoch, w.run.step
+
+    def _load_sharded(self, state: dict[str, Any], path: Path) -> dict[str, torch.Tensor] | None:
+        """The shards of ``path`` into the model and optimizer; early stopping's best weights."""
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is not a sharded checkpoint (a .dcp directory)")
+        w = self.what
+        try:
+            return checkpoint_dcp.load(path, w.model, w.optimizer, bool(state["has_best"]))
+        except Exception as exc:  # DCP raises its CheckpointException on every rank
+            raise CheckpointError(
+                f"cannot read the sharded checkpoint {path}: {type(exc).__name__}: {exc}. "
+                f"Delete {path} to resume from the one before"
+            ) from exc
 
     def _from_scratch(self, files: Checkpoints) -> None:
         restarts = environment.restart_count()

@@ -1,4 +1,5 @@
-"""Everything built before the first step: torch settings, precision, model, DDP, optimizer."""
+"""Everything built before the first step: torch settings, precision, model, its wrapping for
+the strategy (DDP or FSDP2, :mod:`~hpcpipe.train.strategy`), optimizer."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import torch
 from torch import nn
 
 from hpcpipe.models.nets import build_model
+from hpcpipe.runtime import environment
 from hpcpipe.runtime.environment import DistEnv
+from hpcpipe.train import strategy as strategies
 from hpcpipe.train.data import MEMORY_FORMAT, Features
 
 
@@ -54,19 +57,30 @@ def use_bf16(train_cfg: dict[str, Any], device: torch.device) -> bool:
 
 @dataclass
 class Network:
-    """The model, what runs it (``net``: DDP and/or compiled, or the model itself), its
-    optimizer and precision."""
+    """The model, what runs it (``net``: DDP and/or compiled, or the model itself, sharded in
+    place under FSDP2), its optimizer and precision."""
 
     model: nn.Module
     net: nn.Module
     optimizer: torch.optim.Optimizer
     bf16: bool
     compiled: bool
+    strategy: str = strategies.DEFAULT
+    placement: str = ""  # how the model is spread over the ranks, for the log
+
+    @property
+    def autocast(self) -> bool:
+        """Whether the forward runs under bf16 autocast: FSDP2's mixed-precision policy
+        casts a sharded model's parameters itself."""
+        return self.bf16 and not strategies.is_sharded(self.model)
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        precision = "bf16 autocast" if self.bf16 else "fp32"
-        return f"{n} parameters, {precision}{', compiled' if self.compiled else ''}"
+        precision = "fp32"
+        if self.bf16:
+            precision = "bf16 autocast" if self.autocast else "bf16 (FSDP2 mixed precision)"
+        placement = f", {self.placement}" if self.placement else ""
+        return f"{n} parameters, {precision}{', compiled' if self.compiled else ''}{placement}"
 
     def unwrap(self) -> None:
         """Drop DDP and compile wrappers: DDP's reducer must go before its process group."""
@@ -82,16 +96,24 @@ def build_network(
     env: DistEnv,
     device: torch.device,
 ) -> Network:
-    """The model of ``model_name`` for ``features`` on ``device``, wrapped for ``env``."""
+    """The model of ``model_name`` for ``features`` on ``device``, wrapped for ``env`` and
+    ``train.strategy``."""
+    strategy = strategies.strategy_of(train_cfg)
+    bf16 = use_bf16(train_cfg, device)
     torch.manual_seed(seed)  # identical initial weights on every rank and every rerun
     n_in, n_out = len(features.channels), features.out_channels
     model = build_model(model_name, model_cfg, n_in, n_out, features.grid)
     model.output_shape = (len(features.leads), len(features.variables))
-    model.to(device, memory_format=MEMORY_FORMAT)
-    net: nn.Module = model
-    if env.world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if strategy == strategies.DEFAULT:
+        model.to(device, memory_format=MEMORY_FORMAT)
+    else:
+        # FSDP2 refuses channels-last parameters ("does not support non-contiguous
+        # parameters"); contiguous on one rank too, so that runs resumed on another number
+        # of ranks compute the same.
+        model.to(device)
+    net, placement = strategies.wrap(
+        model, strategy, env, device, bf16, environment.ranks_per_node()
+    )
     compiled = bool(train_cfg.get("compile", False))
     if compiled:
         net = torch.compile(net)  # type: ignore[assignment]
@@ -100,4 +122,4 @@ def build_network(
         lr=float(train_cfg["lr"]),
         weight_decay=float(train_cfg.get("weight_decay", 0.0)),
     )
-    return Network(model, net, optimizer, use_bf16(train_cfg, device), compiled)
+    return Network(model, net, optimizer, bf16, compiled, strategy, placement)

@@ -25,6 +25,7 @@ from hpcpipe.train.schedule import Schedule
 from hpcpipe.train.setup import Network, build_network, torch_settings
 from hpcpipe.train.state import RunState
 from hpcpipe.train.stop import StopRequest
+from hpcpipe.train.strategy import full_state_dict, state_bytes, strategy_of
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,12 @@ def train(
 
     Returns a summary: model, seed, best_epoch, best_val_loss, epochs_run, stopped_early,
     seconds (wall, from the call), world_size, device, resumed_from (epoch, step or None),
-    data_wait (share of the training time spent waiting for batches).
+    data_wait (share of the training time spent waiting for batches), state_bytes (this rank's
+    parameter, gradient and optimizer bytes: its shards under fsdp and hybrid).
     """
     t_start = time.perf_counter()
     job = _Job(model_name, model_cfg, train_cfg, seed)
+    sharded = strategy_of(train_cfg) != "ddp"  # a bad train.strategy fails before any work
     env = DistEnv.from_environ()
     main = env.rank == 0
     alloc = allocation(threads)
@@ -114,14 +117,22 @@ def train(
             _log_start(job, data, env, device, p)
         try:
             _epochs(job, p, main)
+            held = state_bytes(p.network.model, p.network.optimizer)  # gradients still there
         finally:
             p.close()
         assert p.schedule.best_state is not None
         p.network.model.load_state_dict(p.schedule.best_state)
+        # Gathered by every rank when sharded; otherwise only rank 0 needs the weights.
+        weights = full_state_dict(p.network.model) if main or sharded else {}
         summary = _summary(job, p, env, device, resumed_from)
         summary["data_wait"] = p.loop.data.wait_s / max(time.perf_counter() - t_start, 1e-9)
+        summary["state_bytes"] = held
         if main:
-            _write_outputs(job, data, p, Path(model_path), Path(history_path))
+            log.info(
+                "rank 0 holds %d bytes: parameters %d, gradients %d, optimizer state %d",
+                held["total"], held["parameters"], held["gradients"], held["optimizer"],
+            )  # fmt: skip
+            _write_outputs(job, data, p, weights, Path(model_path), Path(history_path))
             p.checkpointer.finish()  # the outputs hold the result now
     summary["seconds"] = time.perf_counter() - t_start
     if main:
@@ -167,7 +178,7 @@ def _assemble(
     batch_size = int(job.train_cfg["batch_size"])
     loop = Loop(
         network.net, network.optimizer, data, val, weights, env,
-        min(batch_size, data.n), job.seed, network.bf16,
+        min(batch_size, data.n), job.seed, network.autocast,
     )  # fmt: skip
     if env.rank == 0 and loop.global_batch != batch_size:
         log.warning(
@@ -176,7 +187,8 @@ def _assemble(
         )  # fmt: skip
     schedule = Schedule(network.optimizer, job.train_cfg, loop.steps)
     run = RunState()
-    what = Resumable(network.model, network.optimizer, schedule, run)
+    sharded = network.strategy != "ddp"
+    what = Resumable(network.model, network.optimizer, schedule, run, sharded)
     checkpointer = Checkpointer(files, job.train_cfg, env, stop, what, loop.steps)
     loop.after_step, loop.on_step = schedule.after_step, checkpointer.on_step
     return _Parts(network, loop, schedule, run, checkpointer)
@@ -228,7 +240,12 @@ def _run_epoch(job: _Job, epoch: int, p: _Parts, main: bool) -> None:
 
 
 def _write_outputs(
-    job: _Job, features: Features, p: _Parts, model_path: Path, history_path: Path
+    job: _Job,
+    features: Features,
+    p: _Parts,
+    weights: dict[str, torch.Tensor],
+    model_path: Path,
+    history_path: Path,
 ) -> None:
     """history.csv, then model.pt (the best epoch's weights), both atomically."""
     meta = features.model_meta() | {
@@ -240,7 +257,7 @@ def _write_outputs(
     write_text(history_path, p.run.history_csv())
     # The model last: a model.pt always has its history beside it.
     with atomic_path(model_path) as tmp:
-        torch.save(model_file(p.network.model, job.model_name, job.model_cfg, meta), tmp)
+        torch.save(model_file(p.network.model, job.model_name, job.model_cfg, meta, weights), tmp)
 
 
 def _summary(
