@@ -32,11 +32,12 @@ TRAIN = {"epochs": 2, "batch_size": 16, "lr": 0.005, "weight_decay": 0.0,
          "lr_schedule": "cosine", "patience": 2, "deterministic": True}  # fmt: skip
 
 
-def _train_command(features: Path, out: Path, ranks: int) -> str:
+def _train_command(features: Path, out: Path, ranks: int, strategy: str = "ddp") -> str:
+    train = TRAIN | {"strategy": strategy}
     step = [
         sys.executable, "-m", "hpcpipe.cli", "launch", "-n", str(ranks),
         sys.executable, "-m", "hpcpipe.cli", "train",
-        "--params", json.dumps({"train": TRAIN, "model": CNN}),
+        "--params", json.dumps({"train": train, "model": CNN}),
         "--train", str(features / "train.zarr"), "--val", str(features / "val.zarr"),
         "--model", "cnn", "--seed", "0", "--output", str(out / "model.pt"),
         "--history", str(out / "history.csv"), "--threads", "1", "--log", str(out / "train.log"),
@@ -49,39 +50,73 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "model.pt", weights_only=True)["state_dict"]
 
 
-def test_ddp_across_two_nodes_equals_one_node_and_one_rank(slurm_cluster, tmp_path):
-    """2 ranks on 2 nodes (gloo) end with exactly the weights of 2 ranks on one node: the same
-    ring all-reduce in the same order, wherever the ranks are. Against 1 rank with the same
-    global batch, the sums run in another order: equal to float rounding (as in the unit test)."""
-    features = make_features(tmp_path / "features")
-    shapes = {
-        "two-nodes": ("--nodes=2", "--ntasks-per-node=1"),
-        "one-node": ("--nodes=1", "--ntasks=2"),
-        "one-rank": ("--nodes=1", "--ntasks=1"),
-    }
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_features(tmp_path_factory.mktemp("features"))
+
+
+def _train_jobs(slurm_cluster, features: Path, root: Path, runs: dict) -> None:
+    """Submit every run (name -> (sbatch shape, ranks, strategy)) at once; wait for them all."""
     jobs = {}
-    for name, shape in shapes.items():
-        out = tmp_path / name
+    for name, (shape, ranks, strategy) in runs.items():
+        out = root / name
         out.mkdir()
-        ranks = 1 if name == "one-rank" else 2
         result = slurm_cluster.sbatch(
             *shape, "--cpus-per-task=1", "--mem-per-cpu=1500", "--time=10",
-            script=_train_command(features, out, ranks), workdir=out,
+            script=_train_command(features, out, ranks, strategy), workdir=out,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         jobs[name] = result.stdout.strip().split(";")[0]
     for name, job in jobs.items():
-        state = slurm_cluster.wait_for_state(job, slurm_cluster.final_states, timeout=300)
-        log = (tmp_path / name / "train.log").read_text()
+        state = slurm_cluster.wait_for_state(job, slurm_cluster.final_states, timeout=400)
+        log = (root / name / "train.log").read_text()
         assert state == "COMPLETED", f"{name}: {state}\n{log[-3000:]}"
-    nodelist = slurm_cluster.show_job(jobs["two-nodes"])["NodeList"]
-    hosts = slurm_cluster.run(["scontrol", "show", "hostnames", nodelist])
-    assert len(hosts.stdout.split()) == 2, hosts.stdout  # the ranks really were on two nodes
-    across, within, single = (_weights(tmp_path / n) for n in shapes)
+        nodes = slurm_cluster.show_job(job)["NodeList"]
+        hosts = slurm_cluster.run(["scontrol", "show", "hostnames", nodes]).stdout.split()
+        assert len(hosts) == (2 if "--nodes=2" in runs[name][0] else 1), (name, hosts)
+
+
+# Every training run of the tests below, submitted at once: name -> (shape, ranks, strategy).
+RUNS = {
+    "ddp-2-nodes": (("--nodes=2", "--ntasks-per-node=1"), 2, "ddp"),
+    "ddp-1-node": (("--nodes=1", "--ntasks=2"), 2, "ddp"),
+    "ddp-1-rank": (("--nodes=1", "--ntasks=1"), 1, "ddp"),
+    "hybrid-2x1": (("--nodes=2", "--ntasks-per-node=1"), 2, "hybrid"),
+    "hybrid-2x2": (("--nodes=2", "--ntasks-per-node=2"), 4, "hybrid"),
+    "ddp-2x2": (("--nodes=2", "--ntasks-per-node=2"), 4, "ddp"),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(slurm_cluster, features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    _train_jobs(slurm_cluster, features, root, RUNS)
+    return root
+
+
+def test_ddp_across_two_nodes_equals_one_node_and_one_rank(trained: Path):
+    """2 ranks on 2 nodes (gloo) end with exactly the weights of 2 ranks on one node: the same
+    ring all-reduce in the same order, wherever the ranks are. Against 1 rank with the same
+    global batch, the sums run in another order: equal to float rounding (as in the unit test)."""
+    across, within, single = (_weights(trained / n) for n in ("ddp-2-nodes", "ddp-1-node",
+                                                                "ddp-1-rank"))  # fmt: skip
     assert across.keys() == within.keys() == single.keys()
     for k in across:
         assert torch.equal(across[k], within[k]), k
         torch.testing.assert_close(across[k], single[k], rtol=1e-3, atol=1e-5)
+
+
+def test_hybrid_across_two_nodes_equals_ddp(trained: Path):
+    """train.strategy hybrid shards within a node and replicates across nodes: 2 nodes x 1 rank
+    and 2 x 2 end with the weights of DDP on as many ranks (rtol 1e-5: the sharded reduction
+    sums in another order; the unit test measured 2 x 1 bitwise, 2 x 2 within 2.2e-8)."""
+    for hybrid, ddp in (("hybrid-2x1", "ddp-2-nodes"), ("hybrid-2x2", "ddp-2x2")):
+        log = (trained / hybrid / "train.log").read_text()
+        assert "hybrid" in log, log[-2000:]
+        a, b = _weights(trained / hybrid), _weights(trained / ddp)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
 
 
 def test_allocation_mode_spans_two_nodes(slurm_cluster, raw_store, tmp_path):  # noqa: F811
