@@ -189,3 +189,21 @@ def test_job_over_its_time_limit_times_out(slurm_cluster, tmp_path):
     minutes, seconds = map(int, job["RunTime"].split(":")[-2:])
     assert 60 <= 60 * minutes + seconds <= 100, job["RunTime"]
     assert (tmp_path / "term.txt").read_text().strip() == "TERM"  # SIGTERM first, not KILL
+
+
+@pytest.mark.multinode
+def test_start_is_idempotent_and_status_names_every_daemon(slurm_cluster):
+    from conftest import LOCAL_SLURM
+
+    t0 = time.monotonic()
+    started = slurm_cluster.run([str(LOCAL_SLURM), "start"], timeout=120)
+    assert started.returncode == 0 and "already running" in started.stderr, started.stderr
+    assert time.monotonic() - t0 < 10  # nothing restarted
+    status = slurm_cluster.run([str(LOCAL_SLURM), "status"])
+    assert status.returncode == 0, status.stderr
+    daemons = ["munged", "mariadbd", "slurmdbd", "slurmctld"] + [
+        f"slurmd-node{i}" for i in (1, 2, 3)
+    ]
+    for daemon in daemons:
+        assert f"running: {daemon} (pid " in status.stdout, status.stdout
+    assert "== sacct" in status.stdout
