@@ -2,16 +2,20 @@
 import os
 
 from hpcpipe.config import as_json, validate
+from hpcpipe.config_checks import check_duplicate_keys
+from hpcpipe.runtime.dask.settings import DaskClusterError, check_environment
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
 try:
+    check_duplicate_keys(workflow.configfiles)  # Snakemake's YAML keeps the last silently
     validate(config, source="config (config/config.yaml and overrides)")
+    check_environment(config.get("dask"), os.environ)  # HPCPIPE_DASK* of this shell
     if config["dataset"]["source"] == "file":
         # imported here: xarray takes a second, and Snakemake parses this file in every job
         from hpcpipe.ingest import check_config_against_file
 
         check_config_against_file(config)
-except ValueError as exc:  # ConfigError, DatasetError
+except (ValueError, DaskClusterError) as exc:  # ConfigError, DatasetError, Dask settings
     raise WorkflowError(str(exc)) from None
 
 
@@ -71,7 +75,8 @@ def data_params():
         return as_json(
             {"builtin": config["dataset"]["builtin"], "variables": VARIABLES}
         )
-    return as_json({"rename": config["ingest"]["rename"], "variables": VARIABLES})
+    ingest = {k: config["ingest"][k] for k in ("rename", "select", "group")}
+    return as_json({**ingest, "variables": VARIABLES})
 
 
 def preprocess_params():
@@ -88,6 +93,11 @@ def features_params():
 
 def train_params(wildcards):
     # Without the lists of models and seeds: adding a seed must not retrain the others.
+    if wildcards.model not in MODELS:  # a target asked for by path, for another model
+        raise WorkflowError(
+            f"model {wildcards.model!r} is not in train.models {MODELS}; add it there "
+            "(with its section under models) or ask for one of those"
+        )
     train = {k: v for k, v in config["train"].items() if k not in ("models", "seeds")}
     return as_json({"train": train, "model": config["models"][wildcards.model]})
 

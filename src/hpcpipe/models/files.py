@@ -70,6 +70,7 @@ def load_model(
             int(content["in_channels"]),
             len(leads) * len(variables),
             tuple(content["grid"]),
+            bool(content.get("periodic", True)),
         )
         model.load_state_dict(content["state_dict"])
     except (ValueError, RuntimeError) as exc:

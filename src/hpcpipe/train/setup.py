@@ -85,7 +85,7 @@ def build_network(
     """The model of ``model_name`` for ``features`` on ``device``, wrapped for ``env``."""
     torch.manual_seed(seed)  # identical initial weights on every rank and every rerun
     n_in, n_out = len(features.channels), features.out_channels
-    model = build_model(model_name, model_cfg, n_in, n_out, features.grid)
+    model = build_model(model_name, model_cfg, n_in, n_out, features.grid, features.periodic)
     model.output_shape = (len(features.leads), len(features.variables))
     model.to(device, memory_format=MEMORY_FORMAT)
     net: nn.Module = model
