@@ -72,7 +72,9 @@ def _describe(err: jsonschema.ValidationError) -> str:
             f"{where}: {short(err.instance)} is not allowed: {err.schema['allowed']} "
             f"(schema rule: {err.validator})"
         )
-    message = err.message if len(err.message) <= 300 else err.message[:300] + "..."
+    # A long value appears in jsonschema's message whole (an 8 MB title, 8 MB of message).
+    message = err.message.replace(repr(err.instance), short(err.instance))
+    message = message if len(message) <= 300 else message[:300] + "..."
     return f"{where}: {message} (schema rule: {err.validator})"
 
 

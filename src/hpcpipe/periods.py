@@ -46,8 +46,9 @@ def period_of(times: xr.DataArray, kind: str, hours: Sequence[int] | None = None
         raise ValueError("hour_dayofyear periods need the hours of day of the climatology")
     table = np.full(24, -(10**6), dtype=np.int64)  # an hour not in ``hours``: no period
     table[list(hours)] = np.arange(len(hours))
-    slot = xr.apply_ufunc(lambda h: table[h], times.dt.hour)
-    return (times.dt.dayofyear - 1) * len(hours) + slot + 1
+    hour = times.dt.hour
+    slot = hour.copy(data=table[np.asarray(hour.values)])
+    return ((times.dt.dayofyear - 1) * len(hours) + slot + 1).load()
 
 
 def days_in_year(time: xr.DataArray) -> int:

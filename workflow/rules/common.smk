@@ -3,11 +3,13 @@ import os
 
 from hpcpipe.config import as_json, validate
 from hpcpipe.config_checks import check_duplicate_keys
+from hpcpipe.fingerprint import fingerprint
 from hpcpipe.runtime.dask.settings import DaskClusterError, check_environment
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
 try:
-    check_duplicate_keys(workflow.configfiles)  # Snakemake's YAML keeps the last silently
+    # Snakemake's YAML keeps the last of a key given twice: refuse those files first.
+    check_duplicate_keys(workflow.configfiles)
     validate(config, source="config (config/config.yaml and overrides)")
     check_environment(config.get("dask"), os.environ)  # HPCPIPE_DASK* of this shell
     if config["dataset"]["source"] == "file":
@@ -15,7 +17,8 @@ try:
         from hpcpipe.ingest import check_config_against_file
 
         check_config_against_file(config)
-except (ValueError, DaskClusterError) as exc:  # ConfigError, DatasetError, Dask settings
+# ConfigError, DatasetError, the Dask settings
+except (ValueError, DaskClusterError) as exc:
     raise WorkflowError(str(exc)) from None
 
 
