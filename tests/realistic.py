@@ -110,7 +110,7 @@ def monthly_noleap(d: Path) -> dict[str, Any]:
 def six_hourly_diurnal(d: Path, amplitude: float = 3.0) -> dict[str, Any]:
     """6-hourly global data with a diurnal cycle of ``amplitude`` K (local solar time) and a
     cyclic point (0 repeated at 360)."""
-    time = pd.date_range("2000-01-01", periods=4 * 365 * 2, freq="6h")
+    time = pd.date_range("2000-01-01", periods=4 * (366 + 59), freq="6h")
     n_lat, n_lon = 8, 16
     lon = np.arange(n_lon + 1) * 22.5  # 0 .. 360: a cyclic point
     hour = np.asarray(time.hour)[:, None, None] + lon[None, None, :] / 15
@@ -123,8 +123,8 @@ def six_hourly_diurnal(d: Path, amplitude: float = 3.0) -> dict[str, Any]:
         coords={"time": time, "lat": _lat(n_lat), "lon": lon},
     )
     ds.to_netcdf(d / "six_hourly.nc")
-    split = _split(("2000-01-01", "2001-06-30"), ("2001-07-01", "2001-09-30"),
-                   ("2001-10-01", "2001-12-30"))  # fmt: skip
+    split = _split(("2000-01-01", "2000-12-31"), ("2001-01-01", "2001-01-31"),
+                   ("2001-02-01", "2001-02-28"))  # fmt: skip
     return _overlay(d / "six_hourly.nc", ["t2m"], split)
 
 

@@ -52,9 +52,10 @@ def check_time_decoded(ds: xr.Dataset, time_name: str, name: str) -> None:
     if isinstance(times, xr.CFTimeIndex) or np.issubdtype(times.dtype, np.datetime64):
         return
     units = ds["time"].attrs.get("units") or ds["time"].encoding.get("units")
+    said = f"units {units!r}" if units else "no units attribute"
     raise DatasetError(
         f"{name}: time variable {time_name!r} holds {times.dtype} values, not dates "
-        f"(units {units!r}); give it CF units like 'days since 2000-01-01' and a calendar"
+        f"({said}); give it CF units like 'days since 2000-01-01' and a calendar"
     )
 
 
@@ -72,7 +73,7 @@ def _refuse_inf(block: np.ndarray, v: str, name: str, times: np.ndarray, block_i
 
 def refusing_inf(ds: xr.Dataset, name: str) -> xr.Dataset:
     """``ds`` whose data variables raise a named error when read with an infinite value."""
-    times = np.asarray(ds["time"].values).astype(str)
+    times = np.asarray([str(t) for t in ds.indexes["time"]])
     out = ds.copy()
     for v in ds.data_vars:
         data = ds[v].data

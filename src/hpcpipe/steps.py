@@ -81,6 +81,8 @@ def run_ingest(ns: argparse.Namespace) -> None:
     ds = ingest(ns.input if len(ns.input) > 1 else ns.input[0], ns.params)
     try:
         _write(ds, ns.output, raw_chunks(ds))
+    except DatasetError:  # found while reading (infinite values): named already
+        raise
     except Exception as exc:
         # The data are read only now, chunk by chunk: name the file that failed to read.
         raise DatasetError(

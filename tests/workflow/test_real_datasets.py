@@ -10,6 +10,7 @@ data, and a level picked with ingest.select. Two at a time, one core each.
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 from realistic import MAKERS
-from workdir import deep_update, make_workdir, snakemake
+from workdir import deep_update, make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -85,6 +87,18 @@ def test_the_regional_box_with_a_land_mask_is_scored(runs: dict[str, Path]):
     mask = xr.open_zarr(wd / "results" / "features" / "test.zarr")["mask"].values
     assert not mask[0, :2, :3].any() and mask.sum() == 8 * 16 - 6
     assert (wd / "results" / "eval" / "cnn" / "0" / "error_maps.png").stat().st_size > 1000
+
+
+def test_a_file_replaced_with_its_old_mtime_reruns_ingest(runs: dict[str, Path]):
+    wd = runs["yearly_ocean_box"]
+    assert planned_jobs(wd) == {}
+    src = Path(yaml.safe_load((wd / "config" / "config.yaml").read_text())["ingest"]["path"])
+    st = src.stat()
+    with xr.open_dataset(src) as f:
+        ds = f.load()
+    (ds + 1).to_netcdf(src)  # other content, the same size
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime (cp -p, rsync -t)
+    assert planned_jobs(wd).get("ingest") == 1
 
 
 def test_the_sub_daily_climatology_has_no_diurnal_cycle_left(runs: dict[str, Path]):
