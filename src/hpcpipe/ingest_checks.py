@@ -99,3 +99,56 @@ def first_steps_problems(ds: xr.Dataset, variables: list[str], name: str) -> lis
                 "mask them as NaN (missing) or fix the file"
             )
     return problems
+
+
+# Per time step and variable, recorded in the raw store by ingest (coordinates along time,
+# computed in the same pass as the write): how many points are finite, and whether the field
+# repeats the previous step exactly. The workflow reads them before any job to refuse a
+# training period whose field is all NaN or constant (preprocess could not normalise it, and
+# Snakemake would have removed the previous results before the preprocess job failed).
+FINITE, REPEATED = "steps_finite_{}", "steps_repeated_{}"
+
+
+def with_step_summary(ds: xr.Dataset, variables: list[str]) -> xr.Dataset:
+    """``ds`` with the per-step summary coordinates of every variable (lazy)."""
+    coords = {}
+    for v in variables:
+        x = ds[v]
+        prev = x.shift(time=1)
+        same = ((x == prev) | (x.isnull() & prev.isnull())).all(("lat", "lon"))
+        coords[FINITE.format(v)] = x.notnull().sum(("lat", "lon")).astype("int32").variable
+        coords[REPEATED.format(v)] = same.variable
+    return ds.assign_coords(coords)
+
+
+def training_period_problems(
+    raw_path: str, params: str, split: dict, variables: list[str]
+) -> list[str]:
+    """A field all NaN or constant over the training period of an existing raw store that is
+    current (ingested with ``params``, the rule's params); nothing to say otherwise."""
+    import os
+
+    from hpcpipe.splits import split_indices
+
+    if not os.path.isdir(raw_path):
+        return []
+    try:
+        raw = xr.open_zarr(raw_path, consolidated=None, chunks=None)
+    except Exception:  # a damaged store is ingested again
+        return []
+    if raw.attrs.get("params") != params:
+        return []  # ingest runs again first
+    t0, t1 = split_indices(raw, {"train": split["train"]}, raw_path)["train"]
+    period = f"preprocess.split.train {split['train'][0]}..{split['train'][1]}"
+    problems = []
+    for v in variables:
+        if FINITE.format(v) not in raw.coords:
+            continue
+        if not raw[FINITE.format(v)].values[t0:t1].any():
+            problems.append(f"{raw.attrs.get('source', raw_path)}: variable {v!r} is all NaN "
+                            f"over the training period ({period})")  # fmt: skip
+        elif t1 - t0 > 1 and raw[REPEATED.format(v)].values[t0 + 1 : t1].all():
+            problems.append(f"{raw.attrs.get('source', raw_path)}: variable {v!r} is constant "
+                            f"over the training period ({period}); preprocess could not "
+                            "normalise it")  # fmt: skip
+    return problems

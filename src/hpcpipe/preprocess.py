@@ -209,6 +209,7 @@ def _normalisation(
 def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dict]:
     """The preprocessed dataset (lazy where large) and the stats for stats.json."""
     variables = params["variables"]
+    raw = raw.reset_coords(drop=True)  # ingest's per-step summary is not carried on
     axis = check_raw(raw, variables)
     kind = climatology_for(params["climatology"], axis.resolution, f"raw data ({axis.frequency})")
     x = _canonical_blocks(raw, variables, params["coarsen"])

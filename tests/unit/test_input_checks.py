@@ -81,3 +81,31 @@ def test_the_hour_of_day_climatology_keeps_the_diurnal_cycle_out():
     np.testing.assert_allclose(clim.values[:4, 0, 0], [13, 10, 7, 10], atol=1e-5)
     daily = climatology(x, "dayofyear", 31)
     np.testing.assert_allclose(daily.values[:, 0, 0], 10, atol=1e-5)  # the cycle averaged out
+
+
+def test_a_constant_or_empty_training_period_is_found_from_the_raw_store(tmp_path: Path):
+    from testdata import make_raw
+
+    from hpcpipe.config import as_json
+    from hpcpipe.ingest_checks import training_period_problems
+
+    src = make_raw()
+    src["t2m"][:200] = 280.0  # constant for the first 200 days
+    src["z500"][:100] = np.nan  # no data for the first 100
+    src.to_netcdf(tmp_path / "data.nc")
+    params = {"variables": ["t2m", "z500"], "rename": {}, "select": {}, "group": None}
+    raw = str(tmp_path / "raw.zarr")
+    argv = ["ingest", "--params", as_json(params), "--input", str(tmp_path / "data.nc")]
+    assert cli.main([*argv, "--output", raw, "--threads", "1"]) == 0
+    stored = xr.open_zarr(raw)
+    assert stored.attrs["params"] == as_json(params) and "steps_finite_t2m" in stored.coords
+
+    def problems(train: list[str], p: dict = params) -> list[str]:
+        return training_period_problems(raw, as_json(p), {"train": train}, ["t2m", "z500"])
+
+    early = problems(["2000-01-01", "2000-03-31"])
+    assert "variable 't2m' is constant over the training period" in early[0]
+    assert "variable 'z500' is all NaN over the training period" in early[1]
+    assert "preprocess.split.train 2000-01-01..2000-03-31" in early[0]
+    assert problems(["2000-01-01", "2000-12-31"]) == []
+    assert problems(["2000-01-01", "2000-03-31"], {**params, "select": {"x": 1}}) == []  # stale

@@ -79,7 +79,23 @@ def data_params():
             {"builtin": config["dataset"]["builtin"], "variables": VARIABLES}
         )
     ingest = {k: config["ingest"][k] for k in ("rename", "select", "group")}
+    # size, mtime, inode and ctime of every input file: a file replaced with its old mtime
+    # kept still reruns ingest (hpcpipe.fingerprint)
+    ingest["fingerprint"] = fingerprint(config["ingest"]["path"])
     return as_json({**ingest, "variables": VARIABLES})
+
+
+# An existing raw store that is current (ingested with these params): is a variable all NaN
+# or constant over the training period? Before any job, since Snakemake removes the previous
+# preprocessed store before the preprocess job would fail on it.
+if config["dataset"]["source"] == "file":
+    from hpcpipe.ingest_checks import training_period_problems
+
+    _problems = training_period_problems(
+        "data/raw.zarr", data_params(), config["preprocess"]["split"], VARIABLES
+    )
+    if _problems:
+        raise WorkflowError("; ".join(_problems))
 
 
 def preprocess_params():

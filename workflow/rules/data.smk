@@ -35,9 +35,6 @@ else:
             **tier_resources("array"),
         params:
             cfg=data_params(),
-            # size, mtime, inode and ctime of every input file: a file replaced with its old
-            # mtime kept still reruns ingest (hpcpipe.fingerprint)
-            fingerprint=fingerprint(config["ingest"]["path"]),
         shell:
             "hpcpipe ingest --params {params.cfg:q} --input {input:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
