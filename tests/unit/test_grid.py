@@ -19,9 +19,14 @@ def _ds(lon: np.ndarray) -> xr.Dataset:
 
 @pytest.mark.parametrize("first", [0.0, -180.0])
 def test_a_cyclic_point_is_dropped_in_either_frame(first: float, caplog):
-    caplog.set_level(logging.INFO, logger="hpcpipe.grid")
     lon = first + np.arange(17) * 22.5  # 16 columns and the first again, 360 on
-    out = normalise_lon(_ds(lon), "f.nc")
+    logger = logging.getLogger("hpcpipe.grid")
+    logger.addHandler(caplog.handler)  # the hpcpipe loggers may not propagate (logs.setup)
+    try:
+        with caplog.at_level(logging.INFO, logger="hpcpipe.grid"):
+            out = normalise_lon(_ds(lon), "f.nc")
+    finally:
+        logger.removeHandler(caplog.handler)
     assert out.sizes["lon"] == 16 and out.attrs["grid"] == "global"
     np.testing.assert_allclose(out["lon"], np.arange(16) * 22.5)
     assert "cyclic point" in caplog.text
