@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -59,6 +60,10 @@ def _add_step(sub: Any, step: Step) -> None:
 def cmd_provenance(ns: argparse.Namespace) -> None:
     from hpcpipe.provenance import ProvenanceError, check, describe
 
+    if not os.path.exists(ns.output):
+        raise ProvenanceError(
+            f"{ns.output}: no such file or directory (run it in the workflow dir)"
+        )
     print(describe(ns.output))
     if ns.check:
         problems = check(ns.output)

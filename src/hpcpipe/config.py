@@ -16,9 +16,17 @@ from typing import Any
 import jsonschema
 import yaml
 
+from hpcpipe.config_checks import (
+    DuplicateKeyError,
+    builtin_calendar_problems,
+    load_yaml,
+    non_finite_problems,
+    short,
+)
 from hpcpipe.generate.fields import FIELDS
 from hpcpipe.models import unet_grid_problem
 from hpcpipe.splits import sample_count
+from hpcpipe.timeaxis import climatology_for
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "config.schema.yaml"
 
@@ -61,10 +69,13 @@ def _describe(err: jsonschema.ValidationError) -> str:
         # words what they may be (a regex or a list of sub-schemas tells a user little).
         # For a key of a mapping (ingest.rename) the instance is the key itself.
         return (
-            f"{where}: {err.instance!r} is not allowed: {err.schema['allowed']} "
+            f"{where}: {short(err.instance)} is not allowed: {err.schema['allowed']} "
             f"(schema rule: {err.validator})"
         )
-    return f"{where}: {err.message} (schema rule: {err.validator})"
+    # A long value appears in jsonschema's message whole (an 8 MB title, 8 MB of message).
+    message = err.message.replace(repr(err.instance), short(err.instance))
+    message = message if len(message) <= 300 else message[:300] + "..."
+    return f"{where}: {message} (schema rule: {err.validator})"
 
 
 def validate(config: dict, schema: dict | None = None, source: str = "config") -> dict:
@@ -74,7 +85,7 @@ def validate(config: dict, schema: dict | None = None, source: str = "config") -
         schema, format_checker=jsonschema.FormatChecker()
     )
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    problems = [_describe(e) for e in errors]
+    problems = non_finite_problems(config) + [_describe(e) for e in errors]
     if not problems:
         problems = list(_cross_key_problems(config))
     if problems:
@@ -153,6 +164,15 @@ def _builtin_period_problems(c: dict, periods: dict[str, tuple[dt.date, dt.date]
     return problems
 
 
+def _builtin_climatology_problems(c: dict) -> list[str]:
+    """The built-in data are daily: the climatology must fit that (timeaxis.FITS)."""
+    try:
+        climatology_for(c["preprocess"]["climatology"], "daily", "the built-in data")
+    except ValueError as exc:
+        return [str(exc)]
+    return []
+
+
 def _headline_lead_problems(c: dict) -> list[str]:
     lead, leads = c["evaluate"]["headline_lead"], c["features"]["leads"]
     if lead in leads:
@@ -184,8 +204,12 @@ def _cross_key_problems(c: dict) -> Iterator[str]:
         yield from _path_problems(c["ingest"]["path"])
     periods, problems = _split_periods(c["preprocess"]["split"])
     yield from problems
-    if builtin and periods:
+    calendar = builtin_calendar_problems(c["dataset"]["builtin"]) if builtin else []
+    yield from calendar
+    if builtin and periods and not calendar:
         yield from _builtin_period_problems(c, periods)
+    if builtin:
+        yield from _builtin_climatology_problems(c)
     yield from _headline_lead_problems(c)
     if builtin and "unet" in c["train"]["models"]:
         yield from _unet_problems(c)
@@ -213,8 +237,9 @@ def _merge(base: dict, new: dict) -> dict:
 
 def _read(p: Path) -> dict:
     try:
-        with open(p) as f:
-            config = yaml.safe_load(f) or {}
+        config = load_yaml(p) or {}
+    except DuplicateKeyError as exc:
+        raise ConfigError(str(exc)) from None
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {p}") from exc
     except yaml.YAMLError as exc:

@@ -48,33 +48,17 @@ def _check_arrays(ds: xr.Dataset, dims: Mapping[str, tuple[str, ...]], where: st
             )
 
 
-def time_step(ds: xr.Dataset, where: str) -> Any:
-    """The regular time step of ``ds``; a gap or irregular step is an error."""
-    import pandas as pd
-
-    times = ds.indexes["time"]
-    if len(times) < 2:
-        raise DatasetError(
-            f"{where}: only {len(times)} time step(s); at least the split periods are needed"
-        )
-    steps = np.unique(np.asarray(times[1:] - times[:-1]))
-    if len(steps) != 1:
-        raise DatasetError(
-            f"{where}: the time step is irregular ({len(steps)} different steps, e.g. "
-            f"{pd.Timedelta(steps[0])} and {pd.Timedelta(steps[-1])}); a gap or missing "
-            "time steps? regrid in time first"
-        )
-    return steps[0]
-
-
 def check_raw(
     ds: xr.Dataset, variables: Sequence[str] | None = None, where: str = "raw data"
 ) -> Any:
     """The raw store (generate | ingest): float32 ``variables`` (default: all) on (time, lat,
-    lon), lat and lon ascending, lon from 0, time strictly increasing with a regular step.
+    lon), lat and lon ascending, time strictly increasing with a regular step.
 
-    Returns the time step.
+    Returns the time axis (:class:`hpcpipe.timeaxis.TimeAxis`).
     """
+    from hpcpipe.grid import MIN_LON
+    from hpcpipe.timeaxis import infer
+
     names = list(ds.data_vars) if variables is None else list(variables)
     _check_arrays(ds, dict.fromkeys(names, RAW_DIMS), where)
     for name in names:
@@ -83,13 +67,13 @@ def check_raw(
     for dim in ("lat", "lon"):
         if np.any(np.diff(ds[dim].values) <= 0):
             raise DatasetError(f"{where}: {dim} is not strictly ascending")
-    # Ingest wraps negative longitudes into [0, 360); a grid that ends at 360 stays as it is.
-    if ds.sizes["lon"] and float(ds["lon"].values[0]) < 0:
-        raise DatasetError(f"{where}: longitudes must start at 0 or more (degrees east)")
+    # Ingest puts global grids in [0, 360); a regional box stays contiguous in its own frame.
+    if ds.sizes["lon"] and float(ds["lon"].values[0]) < MIN_LON:
+        raise DatasetError(f"{where}: longitudes must start at {MIN_LON} or more (degrees east)")
     times = ds.indexes["time"]
     if not (times.is_monotonic_increasing and times.is_unique):
         raise DatasetError(f"{where}: time is not strictly increasing")
-    return time_step(ds, where)
+    return infer(times, where)
 
 
 def check_preprocessed(ds: xr.Dataset, where: str = "preprocessed data") -> None:

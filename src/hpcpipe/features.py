@@ -16,15 +16,18 @@ import numpy as np
 import xarray as xr
 
 from hpcpipe.contracts import check_preprocessed
+from hpcpipe.grid import gradient_x
+from hpcpipe.grid import kind as grid_kind
 from hpcpipe.splits import period_bounds, sample_range
 
 log = logging.getLogger("hpcpipe.features")
 SPLITS = ("train", "val", "test")
 
 
-def _gradients(x: np.ndarray) -> np.ndarray:
-    """Centred differences per grid cell: d/dx periodic in longitude, d/dy one-sided at the poles."""
-    ddx = 0.5 * (np.roll(x, -1, axis=-1) - np.roll(x, 1, axis=-1))
+def _gradients(x: np.ndarray, periodic: bool = True) -> np.ndarray:
+    """Centred differences per grid cell: d/dx periodic in longitude on a global grid and
+    one-sided at the edges of a regional one, d/dy one-sided at the poles."""
+    ddx = gradient_x(x, periodic)
     ddy = np.gradient(x, axis=-2) if x.shape[-2] > 1 else np.zeros_like(x)
     return np.concatenate([ddx, ddy], axis=1).astype(np.float32)
 
@@ -36,7 +39,9 @@ def channel_names(variables: list[str], lags: list[int], derived: list[str]) -> 
     return names
 
 
-def _stacks(a: da.Array, s0: int, s1: int, params: dict[str, Any]) -> tuple[da.Array, da.Array]:
+def _stacks(
+    a: da.Array, s0: int, s1: int, params: dict[str, Any], periodic: bool = True
+) -> tuple[da.Array, da.Array]:
     """Inputs (sample, channel, lat, lon) and targets (sample, lead, variable, lat, lon) of the
     initial times [s0, s1) of the anomaly ``a`` (time, variable, lat, lon); NaN -> 0."""
     parts = [a[s0 - lag : s1 - lag] for lag in params["lags"]]
@@ -44,6 +49,7 @@ def _stacks(a: da.Array, s0: int, s1: int, params: dict[str, Any]) -> tuple[da.A
         parts.append(
             a[s0:s1].map_blocks(
                 _gradients,
+                periodic,
                 chunks=(a[s0:s1].chunks[0], (2 * a.shape[1],), *a.chunks[2:]),
                 dtype=np.float32,
             )
@@ -69,7 +75,8 @@ def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Da
     if not isinstance(a, da.Array):
         a = da.from_array(a, chunks=(-1, -1, -1, -1))
     a = a.rechunk({1: -1, 2: -1, 3: -1})  # whole fields per chunk for the gradient
-    inputs, targets = _stacks(a, s0, s1, params)
+    periodic = grid_kind(pre) == "global"
+    inputs, targets = _stacks(a, s0, s1, params, periodic)
     mask = np.isfinite(pre["anomaly"].isel(time=s0).values)
 
     time = pre["time"].values
@@ -94,7 +101,13 @@ def split_features(pre: xr.Dataset, split: str, params: dict[str, Any]) -> xr.Da
             "lat": pre["lat"].values,
             "lon": pre["lon"].values,
         },
-        attrs={"split": split, "lags": list(lags), "leads": list(leads)},
+        attrs={
+            "split": split,
+            "lags": list(lags),
+            "leads": list(leads),
+            "grid": "global" if periodic else "regional",
+            **{k: pre.attrs[k] for k in ("time_frequency", "time_resolution") if k in pre.attrs},
+        },
     )
     per_sample = (
         4 * (inputs.shape[1] + targets.shape[1] * targets.shape[2]) * a.shape[2] * a.shape[3]

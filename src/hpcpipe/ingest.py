@@ -17,14 +17,25 @@ import numpy as np
 import xarray as xr
 
 from hpcpipe.contracts import RAW_DIMS, DatasetError, check_raw
+from hpcpipe.grid import normalise_lon
+from hpcpipe.ingest_checks import (
+    check_time_decoded,
+    first_steps_problems,
+    refusing_inf,
+    select_levels,
+)
+from hpcpipe.models import unet_grid_problem
 from hpcpipe.splits import sample_count, split_indices
+from hpcpipe.timeaxis import climatology_for, period_problems
 
 log = logging.getLogger("hpcpipe.ingest")
 __all__ = ["DatasetError", "check_config_against_file", "check_serves", "ingest"]
 
 
-def open_source(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Open a NetCDF file or Zarr store lazily, decoding any CF calendar."""
+def open_source(
+    path: str | os.PathLike[str], group: str | None = None, time_name: str = "time"
+) -> xr.Dataset:
+    """Open a NetCDF file or Zarr store (or one group of it) lazily, decoding any CF calendar."""
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"{p}: no such file or directory (ingest.path)")
@@ -38,17 +49,43 @@ def open_source(path: str | os.PathLike[str]) -> xr.Dataset:
     coder = xr.coders.CFDatetimeCoder(use_cftime=None)  # cftime only where numpy cannot
     try:
         if p.is_dir() or p.suffix == ".zarr":
-            return xr.open_zarr(p, chunks={}, decode_times=coder, consolidated=None)
-        return xr.open_dataset(p, chunks={}, decode_times=coder)
+            return xr.open_zarr(p, group=group, chunks={}, decode_times=coder, consolidated=None)
+        return xr.open_dataset(p, group=group, chunks={}, decode_times=coder)
     except Exception as exc:
+        where = f" (ingest.group {group!r})" if group else ""
+        if group and _groups(p) is not None and group not in _groups(p):
+            raise DatasetError(
+                f"{p}: has no group {group!r} (ingest.group); its groups: {_groups(p)}"
+            ) from None
         hint = (
-            "check the units and calendar attributes of its time variable"
-            if "decode" in str(exc)
+            f"check the units and calendar attributes of its time variable {time_name!r}"
+            if "decode" in str(exc) or "time" in str(exc)
             else "a truncated or corrupt file?"
         )
         raise DatasetError(
-            f"{p}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: {exc}); {hint}"
+            f"{p}{where}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: "
+            f"{_short(exc)}); {hint}"
         ) from exc
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _groups(p: Path) -> list[str] | None:
+    """The groups at the top of a NetCDF-4 file or Zarr store (None when unreadable)."""
+    try:
+        if p.is_dir() or p.suffix == ".zarr":
+            import zarr
+
+            return sorted(zarr.open_group(str(p), mode="r").group_keys())
+        import netCDF4
+
+        with netCDF4.Dataset(p) as nc:
+            return sorted(nc.groups)
+    except Exception:
+        return None
 
 
 # NetCDF classic and 64-bit offset files start with b"CDF"; NetCDF-4 files are HDF5.
@@ -67,14 +104,22 @@ def as_paths(path: str | os.PathLike[str] | list[str]) -> list[str]:
 
 
 def open_canonical(
-    path: str | os.PathLike[str] | list[str], variables: list[str], rename: dict[str, str]
+    path: str | os.PathLike[str] | list[str],
+    variables: list[str],
+    rename: dict[str, str],
+    select: dict[str, Any] | None = None,
+    group: str | None = None,
 ) -> tuple[xr.Dataset, str]:
     """Open, canonicalise and (for several files) join along time; return it and its name.
 
     Each file is checked on its own first, so that an error names the file at fault.
     """
     paths = as_paths(path)
-    parts = [canonicalise(open_source(p), variables, rename, p) for p in paths]
+    tname = rename.get("time", "time")
+    parts = [
+        canonicalise(open_source(p, group, tname), variables, rename, p, select or {})
+        for p in paths
+    ]
     if len(parts) == 1:
         return parts[0], paths[0]
     return _join(parts, paths), f"{paths[0]} (and {len(paths) - 1} more files)"
@@ -106,11 +151,22 @@ def _join(parts: list[xr.Dataset], paths: list[str]) -> xr.Dataset:
 
 
 def canonicalise(
-    ds: xr.Dataset, variables: list[str], rename: dict[str, str], name: str
+    ds: xr.Dataset,
+    variables: list[str],
+    rename: dict[str, str],
+    name: str,
+    select: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Rename, select, reorder and normalise ``ds`` to the canonical form."""
     if not ds.data_vars:
+        groups = _groups(Path(name))
+        if groups:
+            raise DatasetError(
+                f"{name}: its variables are in NetCDF4/Zarr groups {groups}; "
+                "name the group with ingest.group"
+            )
         raise DatasetError(f"{name}: contains no data variables (an empty or truncated file?)")
+    ds = select_levels(ds, select or {}, name)
     inverse = {src: canon for canon, src in rename.items()}
     missing_src = [src for src in inverse if src not in ds.variables and src not in ds.dims]
     if missing_src:
@@ -131,11 +187,12 @@ def canonicalise(
             f"{name}: variable(s) {absent} not found (it has {sorted(map(str, ds.data_vars))}); "
             "fix dataset.variables or map names with ingest.rename"
         )
+    check_time_decoded(ds, rename.get("time", "time"), name)
     res = xr.Dataset({v: _canonical_variable(ds[v], v, name) for v in variables})
     res = _normalise_coords(res, name)
     for v in variables:
         res[v].attrs = {k: ds[v].attrs[k] for k in ("units", "long_name") if k in ds[v].attrs}
-    res.attrs = {"source": str(name)}
+    res.attrs = {"source": str(name), "grid": res.attrs["grid"]}
     return res
 
 
@@ -144,9 +201,11 @@ def _canonical_variable(da: xr.DataArray, v: str, name: str) -> xr.DataArray:
     for dim in da.dims:
         if dim not in RAW_DIMS:
             if da.sizes[dim] != 1:
+                values = da[dim].values.tolist() if dim in da.coords else "no coordinate"
                 raise DatasetError(
                     f"{name}: variable {v!r} has extra dimension {dim!r} of size "
-                    f"{da.sizes[dim]}; select one level before ingesting"
+                    f"{da.sizes[dim]}; pick one with ingest.select: {{{dim}: <value>}} "
+                    f"(its values: {str(values)[:200]})"
                 )
             da = da.isel({dim: 0}, drop=True)
     lacking = [d for d in RAW_DIMS if d not in da.dims]
@@ -156,7 +215,7 @@ def _canonical_variable(da: xr.DataArray, v: str, name: str) -> xr.DataArray:
         )
     if da.dtype.kind not in "fiu":
         raise DatasetError(f"{name}: variable {v!r} has non-numeric dtype {da.dtype}")
-    return da.transpose(*RAW_DIMS).astype("float32")
+    return da.transpose(*RAW_DIMS).astype("float32").reset_coords(drop=True)
 
 
 def _normalise_coords(ds: xr.Dataset, name: str) -> xr.Dataset:
@@ -167,12 +226,7 @@ def _normalise_coords(ds: xr.Dataset, name: str) -> xr.Dataset:
         raise DatasetError(f"{name}: latitude is not monotonic")
     if lat.size > 1 and lat[0] > lat[-1]:
         ds = ds.isel(lat=slice(None, None, -1))  # descending latitude (ERA5 style) -> ascending
-    lon = ds["lon"].values
-    if np.any(lon < 0):
-        ds = ds.assign_coords(lon=np.mod(lon, 360.0))
-    ds = ds.sortby("lon")
-    if np.any(np.diff(ds["lon"].values) == 0):
-        raise DatasetError(f"{name}: duplicated longitudes")
+    ds = normalise_lon(ds, name)
     times = ds.indexes["time"]
     if times.has_duplicates:
         dup = times[times.duplicated()][0]
@@ -187,8 +241,11 @@ def check_serves(
     ds: xr.Dataset, variables: list[str], split: dict, lags: list[int], leads: list[int], name: str
 ) -> dict[str, int]:
     """Check that ``ds`` can feed every split with the lags and leads; return sample counts."""
-    check_raw(ds, variables, name)
+    axis = check_raw(ds, variables, name)
     bounds = split_indices(ds, split, name)
+    problems = period_problems(ds.indexes["time"], axis, split, name)
+    if problems:
+        raise DatasetError("; ".join(problems))
     counts = {}
     for part, (i0, i1) in bounds.items():
         counts[part] = sample_count((i0, i1), lags, leads)
@@ -198,12 +255,9 @@ def check_serves(
                 f"too few for features.lags {lags} and features.leads {leads} (need more than "
                 f"{max(leads)} steps after the first usable one)"
             )
-    for v in variables:
-        first = ds[v].isel(time=slice(0, min(ds.sizes["time"], 8))).values
-        if not np.isfinite(first).any():
-            raise DatasetError(
-                f"{name}: variable {v!r} is all NaN in its first time steps (dataset.variables)"
-            )
+    problems = first_steps_problems(ds, variables, name)
+    if problems:
+        raise DatasetError("; ".join(problems))
     return counts
 
 
@@ -213,24 +267,44 @@ def ingest(path: str | list[str], params: dict[str, Any]) -> xr.Dataset:
     ``path`` is one file or store, or several in time order (ingest.path as a list). The
     split, lags and leads are checked when given (by hand); the workflow checks them before
     it starts and leaves them out of the rule's params, so that changing them does not ingest
-    the data again.
+    the data again. Infinite values fail the write, naming the variable and the time.
     """
-    ds, name = open_canonical(path, params["variables"], params.get("rename", {}))
-    check_raw(ds, params["variables"], name)
+    ds, name = open_canonical(
+        path, params["variables"], params.get("rename", {}), params.get("select"),
+        params.get("group"),
+    )  # fmt: skip
+    axis = check_raw(ds, params["variables"], name)
+    ds.attrs.update(axis.attrs())
+    log.info("%s: %s steps, a %s grid", name, axis.frequency, ds.attrs["grid"])
     if "split" in params:
         counts = check_serves(
             ds, params["variables"], params["split"], params["lags"], params["leads"], name
         )
         log.info("%s: %s, samples per split %s", name, dict(ds.sizes), counts)
-    return ds
+    return refusing_inf(ds, name)
 
 
 def check_config_against_file(config: dict) -> dict[str, int]:
-    """Before any job runs: can the configured file(s) serve the split, lags and leads?
+    """Before any job runs: can the configured file(s) serve the split, lags, leads,
+    climatology and models?
 
     Reads metadata and the first time steps only, so it is cheap even for large stores.
     """
     variables = config["dataset"]["variables"]
-    ds, name = open_canonical(config["ingest"]["path"], variables, config["ingest"]["rename"])
-    f = config["features"]
-    return check_serves(ds, variables, config["preprocess"]["split"], f["lags"], f["leads"], name)
+    ing = config["ingest"]
+    ds, name = open_canonical(ing["path"], variables, ing["rename"], ing["select"], ing["group"])
+    f, pre = config["features"], config["preprocess"]
+    counts = check_serves(ds, variables, pre["split"], f["lags"], f["leads"], name)
+    axis = check_raw(ds, variables, name)
+    climatology_for(pre["climatology"], axis.resolution, f"{name} ({axis.frequency} steps)")
+    if "unet" in config["train"]["models"]:
+        depth, c = config["models"]["unet"]["depth"], pre["coarsen"]
+        n_lat, n_lon = ds.sizes["lat"] // c, ds.sizes["lon"] // c
+        problem = unet_grid_problem(depth, n_lat, n_lon)
+        if problem:
+            raise DatasetError(
+                f"models.unet.depth: {depth} {problem} ({name} after preprocess.coarsen {c}); "
+                "lower models.unet.depth, change preprocess.coarsen or drop unet from "
+                "train.models"
+            )
+    return counts

@@ -15,9 +15,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from hpcpipe import chunking, splits
+from hpcpipe import chunking, grid, splits
 from hpcpipe.contracts import check_raw
-from hpcpipe.periods import period_index
+from hpcpipe.periods import hours_of_day, period_index
+from hpcpipe.timeaxis import climatology_for
 
 log = logging.getLogger("hpcpipe.preprocess")
 
@@ -74,9 +75,19 @@ def _circular_smooth(a: np.ndarray, window: int) -> np.ndarray:
     return c[window:] - c[:-window]
 
 
-def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
-    """Mean per period of ``x`` (time, ...), smoothed circularly for day of year."""
-    idx, n = period_index(x["time"], kind)
+def _smooth_days(a: np.ndarray, window: int, per_day: int) -> np.ndarray:
+    """The circular moving sum over days of periods ``(day, slot)`` flattened day-major."""
+    days = a.reshape(a.shape[0] // per_day, per_day, *a.shape[1:])
+    return _circular_smooth(days, window).reshape(a.shape)
+
+
+def climatology(
+    x: xr.DataArray, kind: str, window: int, hours: list[int] | None = None
+) -> xr.DataArray:
+    """Mean per period of ``x`` (time, ...), smoothed circularly over the days of the year
+    for ``dayofyear`` and ``hour_dayofyear`` (hour by hour)."""
+    idx, n = period_index(x["time"], kind, hours)
+    per_day = len(hours or ()) if kind == "hour_dayofyear" else 1
     data = (
         x.data
         if isinstance(x.data, da.Array)
@@ -89,12 +100,12 @@ def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
     ]
     total = tree_sum(parts).compute()
     sums, counts = total[0], total[1]
-    if kind == "dayofyear":
-        sums, counts = _circular_smooth(sums, window), _circular_smooth(counts, window)
+    if kind in ("dayofyear", "hour_dayofyear"):
+        sums, counts = _smooth_days(sums, window, per_day), _smooth_days(counts, window, per_day)
     with np.errstate(invalid="ignore", divide="ignore"):
         clim = sums / counts
     # A period with no data at all (e.g. 29 Feb absent from the training years) takes its
-    # neighbour's value; points masked everywhere stay NaN.
+    # neighbour's value (the same hour of the day before); points masked everywhere stay NaN.
     seen = (counts > 0).reshape(n, -1).any(axis=1)
     if not seen.any():
         raise ValueError("no finite value in the training period")
@@ -102,13 +113,14 @@ def climatology(x: xr.DataArray, kind: str, window: int) -> xr.DataArray:
         if not seen[p]:
             q = p
             while not seen[q]:
-                q = (q - 1) % n
+                q = (q - per_day) % n
             clim[p] = clim[q]
     coords = {k: v for k, v in x.coords.items() if "time" not in v.dims}
     out = xr.DataArray(clim.astype(np.float32), dims=("period", *x.dims[1:]), coords=coords)
-    return out.assign_coords(
-        period=xr.DataArray(np.arange(1, n + 1), dims="period", attrs={"kind": kind})
-    )
+    attrs: dict[str, Any] = {"kind": kind}
+    if kind == "hour_dayofyear":
+        attrs["hours"] = list(hours or ())
+    return out.assign_coords(period=xr.DataArray(np.arange(1, n + 1), dims="period", attrs=attrs))
 
 
 def _normalised_anomaly(
@@ -129,7 +141,8 @@ def anomalies(
     x: xr.DataArray, clim: xr.DataArray, mean: np.ndarray, std: np.ndarray
 ) -> xr.DataArray:
     """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph)."""
-    idx, _ = period_index(x["time"], clim["period"].attrs["kind"])
+    period = clim["period"].attrs
+    idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
     data = x.data if isinstance(x.data, da.Array) else da.from_array(x.data)
     idx_d = da.from_array(idx, chunks=(data.chunks[0],))
     clim_d = da.from_array(clim.values, chunks=(-1, *data.chunks[1:]))
@@ -196,14 +209,17 @@ def _normalisation(
 def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dict]:
     """The preprocessed dataset (lazy where large) and the stats for stats.json."""
     variables = params["variables"]
-    check_raw(raw, variables)
+    raw = raw.reset_coords(drop=True)  # ingest's per-step summary is not carried on
+    axis = check_raw(raw, variables)
+    kind = climatology_for(params["climatology"], axis.resolution, f"raw data ({axis.frequency})")
     x = _canonical_blocks(raw, variables, params["coarsen"])
     bounds = splits.split_indices(raw, params["split"], "raw data")
     t0, t1 = bounds["train"]
     train = x.isel(time=slice(t0, t1))
-    kind, window = params["climatology"], params["climatology_window"]
+    window = params["climatology_window"]
+    hours = hours_of_day(train["time"]) if kind == "hour_dayofyear" else None
     log.info("climatology (%s, window %d) over %d training steps", kind, window, t1 - t0)
-    clim = climatology(train, kind, window)
+    clim = climatology(train, kind, window, hours)
     mean, std = _normalisation(train, clim, variables)
     out = xr.Dataset(
         {
@@ -213,6 +229,7 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
             "std": ("variable", std.astype(np.float64)),
         },
         coords={"split": ("time", splits.labels(x.sizes["time"], bounds))},
+        attrs={**axis.attrs(), "grid": grid.kind(raw)},
     )
     out["anomaly"].attrs = {"long_name": "normalised anomaly", "units": "1"}
     out["climatology"].attrs = {"long_name": f"{kind} climatology of the training period"}
@@ -225,5 +242,7 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
         "counts": {part: i1 - i0 for part, (i0, i1) in bounds.items()},
         "climatology": kind,
         "grid": [int(x.sizes["lat"]), int(x.sizes["lon"])],
+        "grid_kind": out.attrs["grid"],
+        **axis.attrs(),
     }
     return out, stats

@@ -76,11 +76,19 @@ def run_generate(ns: argparse.Namespace) -> None:
 
 def run_ingest(ns: argparse.Namespace) -> None:
     from hpcpipe.chunking import raw_chunks
+    from hpcpipe.config import as_json
     from hpcpipe.ingest import DatasetError, ingest
+    from hpcpipe.ingest_checks import with_step_summary
 
     ds = ingest(ns.input if len(ns.input) > 1 else ns.input[0], ns.params)
+    # What the workflow checks a training period against before any job, and the params
+    # that tell it whether this store is current.
+    ds = with_step_summary(ds, ns.params["variables"])
+    ds.attrs["params"] = as_json(ns.params)
     try:
         _write(ds, ns.output, raw_chunks(ds))
+    except DatasetError:  # found while reading (infinite values): named already
+        raise
     except Exception as exc:
         # The data are read only now, chunk by chunk: name the file that failed to read.
         raise DatasetError(

@@ -147,6 +147,32 @@ CONFIG_CASES: list[Case] = [
                 "ingest.rename.t2m", "is not allowed", "no spaces or shell characters"),
     config_case("rename_key_with_pipe", {"ingest": {"rename": {"t2m|sh": "t2m"}}},
                 "ingest.rename", "'t2m|sh' is not allowed"),
+    # non-finite numbers (every schema comparison with NaN is false)
+    config_case("learning_rate_nan", "train:\n  lr: .nan\n",
+                "train.lr: nan is not a finite number"),
+    config_case("learning_rate_inf", "train:\n  lr: .inf\n",
+                "train.lr: inf is not a finite number"),
+    config_case("quantile_nan", "evaluate:\n  extreme_quantile: .nan\n",
+                "evaluate.extreme_quantile: nan is not a finite number"),
+    # keys given twice (YAML keeps the last silently)
+    config_case("duplicate_top_level_key", "train:\n  epochs: 2\ntrain:\n  lr: 0.01\n",
+                "{dir}/overlay.yaml, line 3: key 'train' is given twice (first on line 1)"),
+    config_case("duplicate_nested_key", "train:\n  epochs: 2\n  epochs: 3\n",
+                "{dir}/overlay.yaml, line 3: key 'epochs' is given twice"),
+    # the built-in data's calendar
+    config_case("n_days_past_2262", {"dataset": {"builtin": {"n_days": 100000}}},
+                "dataset.builtin.n_days: 100000 days from 2000-01-01 end after 2262-04-11"),
+    config_case("n_days_past_year_9999", {"dataset": {"builtin": {"n_days": 10000000}}},
+                "dataset.builtin.n_days: 10000000 days", "end after 2262-04-11"),
+    config_case("climatology_does_not_fit_daily_data",
+                {"preprocess": {"climatology": "hour_dayofyear"}},
+                "preprocess.climatology: 'hour_dayofyear' does not fit the built-in data",
+                "which are daily"),
+    # sizes: messages stay short, values stay bounded
+    config_case("title_of_a_megabyte", {"report": {"title": "x" * 1_000_000}},
+                "report.title", "is too long"),
+    config_case("variable_name_too_long", {"dataset": {"variables": ["v" * 100]}},
+                "dataset.variables[0]", "is too long"),
 ]  # fmt: skip
 
 
@@ -192,6 +218,45 @@ def _undecodable_time(path: Path) -> None:
     ds = make_raw()
     ds["time"] = ("time", np.arange(ds.sizes["time"]), {"units": "days since the start"})
     ds.to_netcdf(path)
+
+
+def _irregular_times(path: Path) -> None:
+    ds = make_raw()
+    time = ds.indexes["time"].to_numpy().copy()
+    time[300:] += np.timedelta64(12, "h")  # half a day out from then on
+    ds.assign_coords(time=time).to_netcdf(path)
+
+
+def _integer_times(path: Path) -> None:
+    ds = make_raw()
+    ds.assign_coords(time=np.arange(ds.sizes["time"])).to_netcdf(path)
+
+
+def _grouped(path: Path) -> None:
+    xr.Dataset(attrs={"title": "root"}).to_netcdf(path)
+    make_raw().to_netcdf(path, group="era5", mode="a")
+
+
+def _levels(path: Path) -> None:
+    ds = make_raw()
+    ds.assign(z500=ds.z500.expand_dims(level=[500, 850], axis=1)).to_netcdf(path)
+
+
+def _late_inf(path: Path) -> None:
+    ds = make_raw()
+    ds["z500"][366, 1, 1] = np.inf
+    ds.to_netcdf(path)
+
+
+def _monthly_dayofyear(d: Path) -> dict[str, Any]:
+    ds = make_raw().resample(time="MS").mean()
+    ds.to_netcdf(d / "monthly.nc")
+    split = {"train": ["2000-01-01", "2000-12-31"], "val": ["2001-01-01", "2001-03-31"],
+             "test": ["2001-04-01", "2001-06-30"]}  # fmt: skip
+    overlay = file_overlay(d / "monthly.nc", features={"leads": [1], "lags": [0]},
+                           preprocess={"climatology": "dayofyear"})  # fmt: skip
+    overlay["preprocess"]["split"] = split
+    return overlay
 
 
 def _zarr(path: Path) -> None:
@@ -255,11 +320,43 @@ DATASET_CASES: list[Case] = [
                 "only 1 time step"),
     netcdf_case("duplicated_times", lambda ds: ds.isel(time=[0, 1, 1, *range(2, 548)]),
                 "duplicated time 2000-01-02"),
-    netcdf_case("irregular_times", lambda ds: ds.isel(time=[*range(200), *range(210, 548)]),
-                "the time step is irregular"),
+    netcdf_case("gap_in_times", lambda ds: ds.isel(time=[*range(200), *range(210, 548)]),
+                "a gap in time after 2000-07-18", "10 step(s) are missing",
+                "the first at 2000-07-19"),
+    Case("irregular_times", _single_file(_irregular_times),
+         ("{dir}/data.nc", "the time step is irregular")),
+    Case("integer_times_without_units", _single_file(_integer_times),
+         ("{dir}/data.nc: time variable 'time' holds int64 values, not dates",
+          "give it CF units")),
+    netcdf_case("infinite_values_in_the_first_steps",
+                lambda ds: ds.assign(z500=ds.z500.where(ds.time > ds.time[2], np.inf)),
+                "variable 'z500' holds infinite values"),
+    netcdf_case("longitudes_spanning_more_than_360",
+                lambda ds: ds.assign_coords(lon=ds.lon * 1.5),
+                "longitudes span 0..506.25, more than 360 degrees"),
+    netcdf_case("test_period_past_the_file",
+                lambda ds: ds.isel(time=slice(0, 500)),
+                "preprocess.split.test (2001-04-01..2001-06-30) runs past the data"),
+    Case("climatology_does_not_fit_monthly_data", _monthly_dayofyear,
+         ("{dir}/monthly.nc", "preprocess.climatology: 'dayofyear' does not fit",
+          "which are monthly")),
+    Case("unet_too_deep_for_the_file_grid",
+         _single_file(lambda p: make_raw().to_netcdf(p), models={"unet": {"depth": 4}}),
+         ("models.unet.depth: 4 needs a grid divisible by 2**4=16", "{dir}/data.nc",
+          "preprocess.coarsen")),
+    Case("variables_in_a_netcdf4_group", _single_file(_grouped),
+         ("{dir}/data.nc: its variables are in NetCDF4/Zarr groups ['era5']",
+          "ingest.group")),
+    Case("level_not_in_the_file",
+         _single_file(_levels, ingest={"select": {"level": 300}}),
+         ("{dir}/data.nc: ingest.select.level: 300 is not one of its values [500, 850]",)),
+    Case("infinite_values_later_in_the_file", _single_file(_late_inf),
+         ("{dir}/data.nc: variable 'z500' holds infinite values (first at time 2001-01-01",),
+         before_jobs=False),
     netcdf_case("extra_level_dimension",
                 lambda ds: ds.assign(z500=ds.z500.expand_dims(level=[500, 850], axis=1)),
-                "variable 'z500' has extra dimension 'level'"),
+                "variable 'z500' has extra dimension 'level'",
+                "pick one with ingest.select: {level: <value>}"),
     netcdf_case("non_numeric_variable",
                 lambda ds: ds.assign(z500=ds.z500.astype(str)),
                 "variable 'z500' has non-numeric dtype"),

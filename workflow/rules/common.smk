@@ -2,16 +2,23 @@
 import os
 
 from hpcpipe.config import as_json, validate
+from hpcpipe.config_checks import check_duplicate_keys
+from hpcpipe.fingerprint import fingerprint
+from hpcpipe.runtime.dask.settings import DaskClusterError, check_environment
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
 try:
+    # Snakemake's YAML keeps the last of a key given twice: refuse those files first.
+    check_duplicate_keys(workflow.configfiles)
     validate(config, source="config (config/config.yaml and overrides)")
+    check_environment(config.get("dask"), os.environ)  # HPCPIPE_DASK* of this shell
     if config["dataset"]["source"] == "file":
         # imported here: xarray takes a second, and Snakemake parses this file in every job
         from hpcpipe.ingest import check_config_against_file
 
         check_config_against_file(config)
-except ValueError as exc:  # ConfigError, DatasetError
+# ConfigError, DatasetError, the Dask settings
+except (ValueError, DaskClusterError) as exc:
     raise WorkflowError(str(exc)) from None
 
 
@@ -71,7 +78,24 @@ def data_params():
         return as_json(
             {"builtin": config["dataset"]["builtin"], "variables": VARIABLES}
         )
-    return as_json({"rename": config["ingest"]["rename"], "variables": VARIABLES})
+    ingest = {k: config["ingest"][k] for k in ("rename", "select", "group")}
+    # size, mtime, inode and ctime of every input file: a file replaced with its old mtime
+    # kept still reruns ingest (hpcpipe.fingerprint)
+    ingest["fingerprint"] = fingerprint(config["ingest"]["path"])
+    return as_json({**ingest, "variables": VARIABLES})
+
+
+# An existing raw store that is current (ingested with these params): is a variable all NaN
+# or constant over the training period? Before any job, since Snakemake removes the previous
+# preprocessed store before the preprocess job would fail on it.
+if config["dataset"]["source"] == "file":
+    from hpcpipe.ingest_checks import training_period_problems
+
+    _problems = training_period_problems(
+        "data/raw.zarr", data_params(), config["preprocess"]["split"], VARIABLES
+    )
+    if _problems:
+        raise WorkflowError("; ".join(_problems))
 
 
 def preprocess_params():
@@ -88,6 +112,11 @@ def features_params():
 
 def train_params(wildcards):
     # Without the lists of models and seeds: adding a seed must not retrain the others.
+    if wildcards.model not in MODELS:  # a target asked for by path, for another model
+        raise WorkflowError(
+            f"model {wildcards.model!r} is not in train.models {MODELS}; add it there "
+            "(with its section under models) or ask for one of those"
+        )
     train = {k: v for k, v in config["train"].items() if k not in ("models", "seeds")}
     return as_json({"train": train, "model": config["models"][wildcards.model]})
 

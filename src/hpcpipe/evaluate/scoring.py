@@ -139,7 +139,7 @@ def _period_kind(clim: xr.DataArray) -> str:
 
 def _climatology_at(clim: xr.DataArray, times: xr.DataArray, kind: str) -> xr.DataArray:
     """``C[period(t)]`` for every time in ``times`` (any dims); clear error for a missing period."""
-    period = period_of(times, kind)
+    period = period_of(times, kind, clim["period"].attrs.get("hours"))
     missing = np.setdiff1d(np.unique(period.values), clim["period"].values)
     if missing.size:
         raise ValueError(f"climatology has no {kind} {missing.tolist()} needed by the test times")

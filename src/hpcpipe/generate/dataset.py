@@ -177,4 +177,6 @@ def generate_dataset(
         )
         for i, name in enumerate(variables)
     }
-    return xr.Dataset(data_vars, coords=coords, attrs={"source": SOURCE, "seed": seed})
+    return xr.Dataset(
+        data_vars, coords=coords, attrs={"source": SOURCE, "seed": seed, "grid": "global"}
+    )

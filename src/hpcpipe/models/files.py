@@ -76,6 +76,7 @@ def load_model(
             int(content["in_channels"]),
             len(leads) * len(variables),
             tuple(content["grid"]),
+            bool(content.get("periodic", True)),
         )
         model.load_state_dict(content["state_dict"])
     except (ValueError, RuntimeError) as exc:

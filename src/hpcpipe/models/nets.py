@@ -2,7 +2,8 @@
 
 Both models map ``(N, C_in, lat, lon) -> (N, C_out, lat, lon)`` where the output channels are
 the targets flattened lead-major, ``(lead, variable)``. Convolutions wrap around in longitude
-(the globe is periodic there) and see zeros beyond the poles: the inputs are normalised
+on a global grid (the globe is periodic there), see zeros beyond the edges of a regional box,
+and zeros beyond the poles: the inputs are normalised
 anomalies, so zero is the neutral value, and the convolution pads it without an extra copy.
 
 Both models have a *residual output*: a linear 1x1 path from the inputs plus a non-linear
@@ -45,19 +46,24 @@ class _LonCircularPad(torch.autograd.Function):
 
 
 class PeriodicConv2d(nn.Module):
-    """A same-size 2-D convolution, circular in longitude (last dim), zero-padded in latitude."""
+    """A same-size 2-D convolution, circular in longitude (last dim) on a global grid,
+    zero-padded in latitude, and in longitude too on a regional grid (``periodic=False``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, periodic: bool = True
+    ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep the grid size, got {kernel_size}")
         self.pad = kernel_size // 2
+        self.periodic = periodic
         # The convolution pads latitude itself (zeros); longitude wraps via _LonCircularPad.
         # Zeros rather than replicate: replicate padding has no deterministic CUDA backward.
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=(self.pad, 0))
+        padding = (self.pad, 0) if periodic else (self.pad, self.pad)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pad:
+        if self.pad and self.periodic:
             x = _LonCircularPad.apply(x, self.pad)
         return self.conv(x)
 
@@ -89,12 +95,13 @@ class CNN(Residual):
         channels: int = 32,
         layers: int = 4,
         kernel_size: int = 3,
+        periodic: bool = True,
     ) -> None:
         super().__init__(in_channels, out_channels)
         widths = [in_channels] + [channels] * (layers - 1) + [out_channels]
         body: list[nn.Module] = []
         for i, (cin, cout) in enumerate(itertools.pairwise(widths)):
-            body.append(PeriodicConv2d(cin, cout, kernel_size))
+            body.append(PeriodicConv2d(cin, cout, kernel_size, periodic))
             if i < layers - 1:
                 body.append(nn.GELU())
         self._zero(body[-1])
@@ -111,25 +118,32 @@ class _Block(nn.Sequential):
     few epochs a pipeline run affords, the shallower net also reached a lower validation loss.
     """
 
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(PeriodicConv2d(cin, cout), nn.GELU())
+    def __init__(self, cin: int, cout: int, periodic: bool = True) -> None:
+        super().__init__(PeriodicConv2d(cin, cout, periodic=periodic), nn.GELU())
 
 
 class UNet(Residual):
     """U-Net: ``depth`` average-pool/transposed-conv levels, channels doubling, skip concatenation."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, channels: int = 16, depth: int = 2
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: int = 16,
+        depth: int = 2,
+        periodic: bool = True,
     ) -> None:
         super().__init__(in_channels, out_channels)
         width = [channels * 2**i for i in range(depth + 1)]
-        self.inc = _Block(in_channels, width[0])
-        self.down = nn.ModuleList(_Block(width[i], width[i + 1]) for i in range(depth))
+        self.inc = _Block(in_channels, width[0], periodic)
+        self.down = nn.ModuleList(_Block(width[i], width[i + 1], periodic) for i in range(depth))
         # Transposed 2x2/stride-2 convolutions rather than interpolation: deterministic on GPU.
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(width[i + 1], width[i], 2, stride=2) for i in reversed(range(depth))
         )
-        self.dec = nn.ModuleList(_Block(2 * width[i], width[i]) for i in reversed(range(depth)))
+        self.dec = nn.ModuleList(
+            _Block(2 * width[i], width[i], periodic) for i in reversed(range(depth))
+        )
         self.head = nn.Conv2d(width[0], out_channels, 1)
         self._zero(self.head)
 
@@ -146,9 +160,15 @@ class UNet(Residual):
 
 
 def build_model(
-    name: str, cfg: dict[str, Any], in_channels: int, out_channels: int, grid: tuple[int, int]
+    name: str,
+    cfg: dict[str, Any],
+    in_channels: int,
+    out_channels: int,
+    grid: tuple[int, int],
+    periodic: bool = True,
 ) -> nn.Module:
-    """The model ``name`` ("cnn" | "unet") with hyper-parameters ``cfg`` (config ``models.<name>``)."""
+    """The model ``name`` ("cnn" | "unet") with hyper-parameters ``cfg`` (config
+    ``models.<name>``); ``periodic``: a global grid (circular padding in longitude)."""
     n_lat, n_lon = (int(g) for g in grid)
     if name == "cnn":
         return CNN(
@@ -157,6 +177,7 @@ def build_model(
             channels=int(cfg.get("channels", 32)),
             layers=int(cfg.get("layers", 4)),
             kernel_size=int(cfg.get("kernel_size", 3)),
+            periodic=periodic,
         )
     if name == "unet":
         depth = int(cfg.get("depth", 2))
@@ -164,7 +185,9 @@ def build_model(
         if problem:
             raise ValueError(
                 f"models.unet.depth={depth} {problem}; lower models.unet.depth "
-                "or change the grid (dataset.builtin.n_lat/n_lon, preprocess.coarsen)"
+                "or change the grid (preprocess.coarsen; dataset.builtin.n_lat/n_lon for the "
+                "built-in data)"
             )
-        return UNet(in_channels, out_channels, channels=int(cfg.get("channels", 16)), depth=depth)
+        channels = int(cfg.get("channels", 16))
+        return UNet(in_channels, out_channels, channels, depth, periodic=periodic)
     raise ValueError(f"unknown model {name!r}; choose one of {list(MODELS)} (train.models)")

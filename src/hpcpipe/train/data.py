@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 
 from hpcpipe.contracts import check_features
+from hpcpipe.grid import kind as grid_kind
 from hpcpipe.runtime.allocation import IN_MEMORY_SHARE, ON_GPU_SHARE, Allocation
 from hpcpipe.store import decode_str, open_store
 from hpcpipe.train.loader import Prefetcher
@@ -182,6 +183,7 @@ class Features:
     leads: list[int]
     channels: list[str]
     grid: tuple[int, int]
+    periodic: bool = True  # a global grid (circular padding in longitude)
 
     @property
     def out_channels(self) -> int:
@@ -209,6 +211,7 @@ class Features:
             "variables": self.variables,
             "leads": self.leads,
             "grid": list(self.grid),
+            "periodic": self.periodic,
         }
 
 
@@ -251,4 +254,5 @@ def open_features(stores: FeatureStores, alloc: Allocation, main: bool) -> Featu
         leads=[int(v) for v in train_ds["lead"].values],
         channels=decode_str(train_ds["channel"].values),
         grid=(int(train_ds.sizes["lat"]), int(train_ds.sizes["lon"])),
+        periodic=grid_kind(train_ds) == "global",
     )

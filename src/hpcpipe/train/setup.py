@@ -102,7 +102,7 @@ def build_network(
     bf16 = use_bf16(train_cfg, device)
     torch.manual_seed(seed)  # identical initial weights on every rank and every rerun
     n_in, n_out = len(features.channels), features.out_channels
-    model = build_model(model_name, model_cfg, n_in, n_out, features.grid)
+    model = build_model(model_name, model_cfg, n_in, n_out, features.grid, features.periodic)
     model.output_shape = (len(features.leads), len(features.variables))
     if strategy == strategies.DEFAULT:
         model.to(device, memory_format=MEMORY_FORMAT)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from hpcpipe.runtime.allocation import Allocation
 from hpcpipe.runtime.dask.common import fail, log_dashboard
-from hpcpipe.runtime.dask.settings import DaskSettings
+from hpcpipe.runtime.dask.settings import DaskSettings, refused
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -30,6 +30,9 @@ def address_client(alloc: Allocation, settings: DaskSettings) -> Iterator[Client
         and not Path(settings.scheduler_file).exists()
     ):
         raise fail("address", f"scheduler file {settings.scheduler_file} does not exist")
+    problem = refused(settings.address) if settings.address else None
+    if problem:  # a refusal is final: do not wait the whole timeout for it
+        raise fail("address", problem)
     try:
         client = Client(
             settings.address, scheduler_file=settings.scheduler_file, timeout=settings.timeout

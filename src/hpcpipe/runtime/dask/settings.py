@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,15 +66,18 @@ class DaskSettings:
         jq = dict(section.pop("jobqueue", None) or {})
         _check_keys(section, cls, "dask")
         _check_keys(jq, JobqueueSettings, "dask.jobqueue")
+        given = {key: f"dask.{key}" for key in section}
         for key, var in ENV.items():
             if environ.get(var, "").strip():
                 section[key] = environ[var].strip()
+                given[key] = var
         if "timeout" in section:
-            section["timeout"] = _seconds(section["timeout"])
+            section["timeout"] = _seconds(section["timeout"], given["timeout"])
         mode = section.get("mode", cls.mode)
         if mode not in MODES:
             raise DaskClusterError(
-                f"unknown Dask mode {mode!r} (dask.mode or HPCPIPE_DASK_MODE); use one of {MODES}"
+                f"unknown Dask mode {str(mode)[:80]!r} ({given.get('mode', 'dask.mode')}); "
+                f"use one of {MODES}"
             )
         for key in _INT_KEYS:
             if key in jq:
@@ -102,11 +106,50 @@ def _section_from(environ: Mapping[str, str]) -> dict[str, Any]:
     return section
 
 
-def _seconds(value: Any) -> float:
+def _seconds(value: Any, where: str = "dask.timeout") -> float:
     try:
-        return float(value)
-    except ValueError:
-        raise DaskClusterError(f"dask timeout {value!r} is not a number of seconds") from None
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise DaskClusterError(
+            f"dask timeout {str(value)[:80]!r} ({where}) is not a positive number of seconds"
+        )
+    return seconds
+
+
+def check_environment(section: Mapping[str, Any] | None, environ: Mapping[str, str]) -> None:
+    """At workflow start: $HPCPIPE_DASK (when set) and the HPCPIPE_DASK_* overrides are
+    valid, each error naming its variable; an address that refuses connections fails now."""
+    if environ.get(SECTION_VARIABLE, "").strip():
+        DaskSettings.from_config(_section_from(environ), environ)
+    settings = DaskSettings.from_config(section, environ)
+    if settings.mode == "address" and settings.address:
+        problem = refused(settings.address)
+        if problem:
+            raise DaskClusterError(problem)
+
+
+def refused(address: str, wait: float = 2.0) -> str | None:
+    """Why nothing listens at a tcp:// scheduler ``address`` (refused at once), or None.
+
+    Only a refusal counts: a slow or filtered host is left to the client's own timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
+        return None
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=wait):
+            return None
+    except ConnectionRefusedError:
+        return (
+            f"the Dask scheduler address {address} refuses connections (nothing listens "
+            "there; dask.address or HPCPIPE_DASK_ADDRESS)"
+        )
+    except OSError:
+        return None
 
 
 def _check_keys(section: Mapping[str, Any], cls: type, where: str) -> None:
