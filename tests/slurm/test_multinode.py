@@ -8,6 +8,7 @@ address taken from the job's node list. About 1 minute.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 import time
@@ -117,6 +118,15 @@ def test_hybrid_across_two_nodes_equals_ddp(trained: Path):
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    # 2 ranks per node share the state: rank 0 holds about half of DDP's.
+    held = {run: _bytes_on_rank0(trained / run) for run in ("hybrid-2x2", "ddp-2x2")}
+    assert 0.45 < held["hybrid-2x2"] / held["ddp-2x2"] < 0.6, held
+
+
+def _bytes_on_rank0(out: Path) -> int:
+    m = re.search(r"rank 0 holds (\d+) bytes", (out / "train.log").read_text())
+    assert m, f"{out}/train.log does not say what rank 0 holds"
+    return int(m.group(1))
 
 
 def test_allocation_mode_spans_two_nodes(slurm_cluster, raw_store, tmp_path):  # noqa: F811
