@@ -54,16 +54,27 @@ def _alive(pid: int) -> bool:
 
 def _crash_node(node: str) -> None:
     """What a node's crash does to SLURM: its slurmd and every process of its jobs die at
-    once (SIGKILL, by the node's cgroups). SLURM would find out after SlurmdTimeout; the
-    admin's "down" tells it now."""
-    pidfile = Path(f"/run/slurmd-{node}.pid")
-    os.kill(int(pidfile.read_text()), signal.SIGKILL)
-    for procs in Path(f"/sys/fs/cgroup/memory/slurm_{node}").rglob("cgroup.procs"):
-        for pid in procs.read_text().split():
+    once (SIGKILL; slurmstepd sits in the node's freezer cgroup, the tasks in its memory one
+    too), so nothing reports the jobs as ended. SLURM would find out after SlurmdTimeout;
+    the admin's "down" tells it now."""
+    os.kill(int(Path(f"/run/slurmd-{node}.pid").read_text()), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while pids := _job_processes(node):
+        assert time.monotonic() < deadline, f"processes of {node} survive SIGKILL: {pids}"
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
     subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN",
                     "Reason=hpcpipe-test-crash"], check=True, timeout=30)  # fmt: skip
+
+
+def _job_processes(node: str) -> set[int]:
+    pids: set[int] = set()
+    for controller in ("freezer", "memory"):
+        for procs in Path(f"/sys/fs/cgroup/{controller}/slurm_{node}").rglob("cgroup.procs"):
+            pids |= {int(pid) for pid in procs.read_text().split()}
+    return {pid for pid in pids if _alive(pid)}
 
 
 @pytest.fixture
@@ -212,7 +223,8 @@ def _restart_controller(slurm_cluster, down_s: float) -> None:
         time.sleep(0.5)
 
 
-# squeue is the profile's default (sites without slurmdbd); sacct works here too (slurmdbd).
+# squeue is the profile's default (sites without slurmdbd) and asks slurmctld; sacct asks
+# slurmdbd, which stays up: with it, the run must not even notice.
 @pytest.mark.parametrize("status_command", ["squeue", "sacct"])
 def test_controller_restart_mid_run_is_ridden_through(
     slurm_cluster, status_command: str, tmp_path: Path
@@ -228,7 +240,12 @@ def test_controller_restart_mid_run_is_ridden_through(
     proc = run_in_background(wd, profile)
     job = wait_for("the first job to start", lambda: _read(wd / "started"), proc, timeout=120)
     slurm_cluster.submitted.append(job)
-    _restart_controller(slurm_cluster, down_s=5)
+    try:
+        # Longer than the status checks' interval (1 s in the test profile): several fail.
+        _restart_controller(slurm_cluster, down_s=5)
+    finally:  # never leave the later tests without a controller
+        started = slurm_cluster.run([str(LOCAL_SLURM), "start"], timeout=180)
+        assert started.returncode == 0, started.stderr[-3000:]
     assert slurm_cluster.state(job) == "RUNNING"  # the job kept running
     (wd / "go").touch()
     code, out = finish(proc, timeout=300)

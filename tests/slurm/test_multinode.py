@@ -113,14 +113,15 @@ def test_hybrid_across_two_nodes_equals_ddp(trained: Path):
     sums in another order; the unit test measured 2 x 1 bitwise, 2 x 2 within 2.2e-8)."""
     for hybrid, ddp in (("hybrid-2x1", "ddp-2-nodes"), ("hybrid-2x2", "ddp-2x2")):
         log = (trained / hybrid / "train.log").read_text()
-        assert "hybrid" in log, log[-2000:]
+        assert "replicated over 2 node(s)" in log, log[-2000:]  # the mesh has a row per node
         a, b = _weights(trained / hybrid), _weights(trained / ddp)
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
     # 2 ranks per node share the state: rank 0 holds about half of DDP's.
-    held = {run: _bytes_on_rank0(trained / run) for run in ("hybrid-2x2", "ddp-2x2")}
+    held = {run: _bytes_on_rank0(trained / run) for run in RUNS if run != "ddp-1-rank"}
     assert 0.45 < held["hybrid-2x2"] / held["ddp-2x2"] < 0.6, held
+    assert held["hybrid-2x1"] == held["ddp-2-nodes"], held  # 1 rank per node: replicated
 
 
 def _bytes_on_rank0(out: Path) -> int:
@@ -161,11 +162,11 @@ def _worker_jobs(slurm_cluster, name: str) -> dict[str, tuple[str, str]]:
 
 
 def test_jobqueue_workers_land_on_two_nodes(slurm_cluster, raw_store, tmp_path):  # noqa: F811
-    """Two worker jobs of 2 cores each: no node has room for both (2 CPUs per node)."""
+    """Two worker jobs, each with a node to itself (--exclusive): two nodes."""
     name = f"hpcpipe-dask-2n-{uuid.uuid4().hex[:6]}"
     jq = JobqueueSettings(
         min_jobs=2, max_jobs=2, cores=2, memory="1GB", walltime="00:05:00", lifetime="4m",
-        lifetime_stagger="10s", partition="cpu", job_name=name,
+        lifetime_stagger="10s", partition="cpu", job_name=name, job_extra_directives=["--exclusive"],
         log_directory=str(tmp_path / "worker-logs"),
     )  # fmt: skip
     alloc = Allocation(cpus=1, memory_bytes=2**30, gpus=0, in_slurm=False)

@@ -11,7 +11,8 @@ rule's outputs, so Snakemake's clean-up of a failed job never deletes it) and ``
 of the identity: a changed config trains from scratch in its own directory and the old checkpoints
 stay where they are (change the config back and the old run resumes). Files are written to a
 temporary name, fsync'ed and renamed; the newest :data:`KEEP` are kept, so a corrupt newest
-file falls back to the one before.
+file falls back to the one before. (A sharded checkpoint with a corrupt shard does not: loading
+fails naming the directory to delete, and the next run resumes from the one before.)
 
 :class:`Checkpointer` writes one every ``train.checkpoint_every`` steps and when a stop request
 (:mod:`hpcpipe.train.stop`) arrives, and resumes a run from the newest.
