@@ -8,7 +8,6 @@ CI must never pass by skipping the tests it exists to run.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-LOCAL_SLURM = REPO / "scripts" / "local-slurm"
+from slurmenv import LOCAL_SLURM, in_ci
 
 # Every SLURM command gets a timeout: a dead controller makes clients block for MessageTimeout
 # and retry, and a hung test run tells nobody anything.
@@ -47,10 +44,6 @@ def run(
     return subprocess.run(
         list(args), capture_output=True, text=True, timeout=timeout, check=False, **kwargs
     )
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 @dataclass

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pausepoints
 import pytest
-from conftest import LOCAL_SLURM, in_ci
 from faultkit import (
     FAULT_CFG,
     METRICS,
@@ -34,6 +33,7 @@ from faultkit import (
     taken_for_finished,
     wait_for,
 )
+from slurmenv import LOCAL_SLURM, in_ci
 from test_pipeline_slurm import slurm_profile
 from workdir import make_workdir, snakemake
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from slurmenv import LOCAL_SLURM
 
 pytestmark = pytest.mark.slurm
 
@@ -193,8 +194,6 @@ def test_job_over_its_time_limit_times_out(slurm_cluster, tmp_path):
 
 @pytest.mark.multinode
 def test_start_is_idempotent_and_status_names_every_daemon(slurm_cluster):
-    from conftest import LOCAL_SLURM
-
     t0 = time.monotonic()
     started = slurm_cluster.run([str(LOCAL_SLURM), "start"], timeout=120)
     assert started.returncode == 0 and "already running" in started.stderr, started.stderr
