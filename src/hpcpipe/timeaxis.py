@@ -91,6 +91,10 @@ def _from_alias(alias: str, times: Any) -> TimeAxis:
         months = n * _MONTHS_PER[base]
         return TimeAxis(_month_resolution(months), alias, months=months)
     step = pd.Timedelta(_deltas(times)[0])
+    # 360_day months are 30 days and noleap years 365: infer_freq says "30D"/"365D" for what
+    # are calendar months or years there.
+    if step >= pd.Timedelta(days=28) and (months := _month_steps(times)) is not None:
+        return TimeAxis(_month_resolution(months), alias, months=months)
     return TimeAxis(_fixed_resolution(step), alias, step=step)
 
 

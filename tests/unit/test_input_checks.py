@@ -66,6 +66,9 @@ def test_the_fingerprint_sees_content_replaced_with_the_old_mtime(tmp_path: Path
     assert f.stat().st_mtime_ns == st.st_mtime_ns and fingerprint(str(f)) != before
     (store / "x" / "0").write_bytes(b"other")
     assert fingerprint([str(store)]) != before_store
+    after = fingerprint(str(f))
+    f.chmod(0o600)  # metadata only: no rerun
+    assert fingerprint(str(f)) == after
 
 
 def test_the_hour_of_day_climatology_keeps_the_diurnal_cycle_out():
@@ -109,3 +112,15 @@ def test_a_constant_or_empty_training_period_is_found_from_the_raw_store(tmp_pat
     assert "preprocess.split.train 2000-01-01..2000-03-31" in early[0]
     assert problems(["2000-01-01", "2000-12-31"]) == []
     assert problems(["2000-01-01", "2000-03-31"], {**params, "select": {"x": 1}}) == []  # stale
+
+
+def test_duplicate_yaml_keys_are_refused_but_merge_keys_are_not(tmp_path: Path):
+    from hpcpipe.config_checks import DuplicateKeyError, load_yaml
+
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b\n  lr: 0.1\ntrain:\n  <<: *b\n  epochs: 2\n")
+    assert load_yaml(merged)["train"] == {"lr": 0.1, "epochs": 2}
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 1\ntrain:\n  epochs: 2\n")
+    with pytest.raises(DuplicateKeyError, match=r"twice.yaml, line 3: key 'train' is given twice"):
+        load_yaml(twice)

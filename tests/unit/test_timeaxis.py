@@ -93,3 +93,18 @@ def test_hour_of_day_periods():
     idx, n = period_index(time, "hour_dayofyear", hours)
     assert hours == [0, 6, 12, 18] and n == 365 * 4
     np.testing.assert_array_equal(idx, np.arange(8))
+
+
+def test_fixed_length_calendar_months_and_years_are_months_not_days():
+    """infer_freq calls 360_day mid-months "30D" and noleap mid-years "365D"."""
+    import cftime
+    import xarray as xr
+
+    from hpcpipe.timeaxis import infer
+
+    mid_month = xr.CFTimeIndex(
+        [cftime.Datetime360Day(2000 + i // 12, i % 12 + 1, 16) for i in range(36)]
+    )
+    mid_year = xr.CFTimeIndex([cftime.DatetimeNoLeap(2000 + i, 7, 2) for i in range(30)])
+    assert (infer(mid_month, "x").resolution, infer(mid_month, "x").months) == ("monthly", 1)
+    assert (infer(mid_year, "x").resolution, infer(mid_year, "x").months) == ("yearly", 12)
