@@ -22,11 +22,21 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a file or a directory tree (a store), if it is there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
-        path.unlink()
+        path.unlink(missing_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -48,11 +58,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             old = _tmp_sibling(final)
             final.rename(old)
             tmp.rename(final)
-            _remove(old)
+            remove(old)
         else:
             os.replace(tmp, final)
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
 
 
@@ -94,5 +104,5 @@ def remove_leftovers(path: str | os.PathLike[str]) -> list[Path]:
         return []
     found = sorted(final.parent.glob(f".{final.name}{TMP_MARK}*"))
     for p in found:
-        _remove(p)
+        remove(p)
     return found

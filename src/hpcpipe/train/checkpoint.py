@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import uuid
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpcpipe.atomic import fsync_dir, remove
 from hpcpipe.runtime import environment
 from hpcpipe.runtime.environment import DistEnv
 from hpcpipe.runtime.slurm import requeue_job
@@ -112,7 +112,7 @@ class Checkpoints:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self.prune()
         return path
 
@@ -128,7 +128,7 @@ class Checkpoints:
     def prune(self) -> None:
         """Keep the newest :data:`KEEP` checkpoints."""
         for old in self.files()[KEEP:]:
-            _remove(old)
+            remove(old)
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path] | None:
         """The newest readable checkpoint of this run, or None if there is none.
@@ -170,9 +170,9 @@ class Checkpoints:
     def clear(self) -> None:
         """Remove this run's checkpoints (the run finished; its outputs hold the result)."""
         for p in self.files():
-            _remove(p)
+            remove(p)
         for p in self.dir.glob(".step-*.tmp*") if self.dir.is_dir() else []:
-            _remove(p)
+            remove(p)
         try:
             self.dir.rmdir()
             self.root.rmdir()  # only if no other run's checkpoints are left
@@ -188,21 +188,6 @@ def _agree(found: tuple[dict, Path] | None, files: Checkpoints) -> None:
             f"the ranks found different newest checkpoints in {files.dir} (rank by rank: "
             f"{seen}): keep .checkpoints on a filesystem all nodes share"
         )
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # Config keys that do not change what is computed: not part of a run's checkpoint identity.

@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from hpcpipe.atomic import fsync_dir
 from hpcpipe.train import process_group as distributed
 
 STATE = "state.pt"
@@ -72,7 +73,7 @@ def save(directory: Path, name: str, parts: dict[str, Any], state: dict[str, Any
             os.fsync(f.fileno())
         shutil.rmtree(final, ignore_errors=True)  # the same step again, after a resume
         os.replace(tmp, final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     distributed.barrier()  # the checkpoint is complete on every rank's return
     return final
 
@@ -123,11 +124,3 @@ def _single_process() -> Iterator[bool]:
         if single:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield single
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
