@@ -33,7 +33,7 @@ from faultkit import (
     taken_for_finished,
     wait_for,
 )
-from slurmenv import LOCAL_SLURM, in_ci
+from slurmenv import LOCAL_SLURM, in_ci, sacct_megabytes
 from test_pipeline_slurm import slurm_profile
 from workdir import make_workdir, snakemake
 
@@ -136,7 +136,7 @@ def _max_rss_mb(slurm_cluster, job_id: str) -> float:
         out = slurm_cluster.run(["sacct", "-n", "-P", "-j", f"{job_id}.batch", "-o", "MaxRSS"])
         text = out.stdout.strip()
         if text and text[-1] in "KMG":
-            return float(text[:-1]) * {"K": 2**-10, "M": 1.0, "G": 2**10}[text[-1]]
+            return sacct_megabytes(text)
         time.sleep(1)
     raise AssertionError(f"sacct has no MaxRSS for job {job_id}")
 

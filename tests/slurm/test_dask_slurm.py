@@ -45,14 +45,19 @@ def assert_right(got: xr.Dataset, raw_store: Path) -> None:
     assert_matches_reference(got, reference_preprocess(raw, PARAMS), raw)
 
 
-def test_allocation_mode_spans_the_ranks_of_one_srun_step(slurm_cluster, raw_store, tmp_path):
-    out = tmp_path / "pre.zarr"
-    step = [
+def allocation_step(raw_store: Path, tmp_path: Path) -> list[str]:
+    """The preprocess step in ``allocation`` mode, writing pre.zarr and its log in tmp_path."""
+    return [
         sys.executable, "-m", "hpcpipe.cli", "preprocess", "--input", str(raw_store),
-        "--output", str(out), "--stats", str(tmp_path / "stats.json"),
+        "--output", str(tmp_path / "pre.zarr"), "--stats", str(tmp_path / "stats.json"),
         "--params", json.dumps(PARAMS), "--dask", json.dumps({"mode": "allocation"}),
         "--log", str(tmp_path / "preprocess.log"),
     ]  # fmt: skip
+
+
+def test_allocation_mode_spans_the_ranks_of_one_srun_step(slurm_cluster, raw_store, tmp_path):
+    out = tmp_path / "pre.zarr"
+    step = allocation_step(raw_store, tmp_path)
     # Three ranks on a 2-CPU node (--overcommit): rank 0 scheduler and step, ranks 1-2 workers.
     result = slurm_cluster.sbatch(
         "--ntasks=3", "--overcommit", "--mem=3000", "--time=5",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from slurmenv import LOCAL_SLURM
+from slurmenv import LOCAL_SLURM, sacct_megabytes
 
 pytestmark = pytest.mark.slurm
 
@@ -86,14 +86,9 @@ def test_sacct_reports_max_rss_and_cpu_time(slurm_cluster, tmp_path):
         )
         time.sleep(1)
     assert fields.get("State") == "COMPLETED", fields
-    max_rss_mb = _megabytes(fields["MaxRSS"])
+    max_rss_mb = sacct_megabytes(fields["MaxRSS"])
     assert 280 <= max_rss_mb <= 400, fields  # 300 MB touched, plus the interpreter
     assert fields["TotalCPU"] not in ("", "00:00:00"), fields
-
-
-def _megabytes(text: str) -> float:
-    units = {"K": 2**-10, "M": 1.0, "G": 2**10}
-    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text) / 2**20
 
 
 def test_cpu_job_runs_and_writes_its_job_id(slurm_cluster, tmp_path):

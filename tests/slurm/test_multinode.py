@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_dask_slurm import assert_right, raw_store  # noqa: F401  (a fixture)
+from test_dask_slurm import allocation_step, assert_right, raw_store  # noqa: F401  (a fixture)
 from testdata import PREPROCESS_PARAMS as PARAMS
 from trainingdata import make_features
 
@@ -132,12 +132,7 @@ def _bytes_on_rank0(out: Path) -> int:
 
 def test_allocation_mode_spans_two_nodes(slurm_cluster, raw_store, tmp_path):  # noqa: F811
     out = tmp_path / "pre.zarr"
-    step = [
-        sys.executable, "-m", "hpcpipe.cli", "preprocess", "--input", str(raw_store),
-        "--output", str(out), "--stats", str(tmp_path / "stats.json"),
-        "--params", json.dumps(PARAMS), "--dask", json.dumps({"mode": "allocation"}),
-        "--log", str(tmp_path / "preprocess.log"),
-    ]  # fmt: skip
+    step = allocation_step(raw_store, tmp_path)
     # Two nodes, two ranks each: rank 0 (scheduler and step) and three workers.
     result = slurm_cluster.sbatch(
         "--nodes=2", "--ntasks-per-node=2", "--overcommit", "--mem=2000", "--time=5",
