@@ -81,7 +81,7 @@ def cmd_check_config(ns: argparse.Namespace) -> None:
         # The same check the workflow makes before it starts: can the data serve the config?
         from hpcpipe.ingest import check_config_against_file
 
-        counts = check_config_against_file(config)
+        counts = check_config_against_file(config).counts
         print(f"{names}: valid; samples per split {counts}")
         return
     print(f"{names}: valid")

@@ -3,8 +3,9 @@ import os
 
 from hpcpipe.config import as_json, validate
 from hpcpipe.config_checks import check_duplicate_keys
-from hpcpipe.fingerprint import fingerprint
+from hpcpipe.fingerprint import tokens as input_tokens
 from hpcpipe.runtime.dask.settings import DaskClusterError, check_environment
+from hpcpipe.timeaxis import climatology_for
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
 try:
@@ -16,7 +17,10 @@ try:
         # imported here: xarray takes a second, and Snakemake parses this file in every job
         from hpcpipe.ingest import check_config_against_file
 
-        check_config_against_file(config)
+        # preprocess.climatology with `auto` resolved: params hold the climatology used
+        CLIMATOLOGY = check_config_against_file(config).climatology
+    else:
+        CLIMATOLOGY = climatology_for(config["preprocess"]["climatology"], "daily")
 # ConfigError, DatasetError, the Dask settings
 except (ValueError, DaskClusterError) as exc:
     raise WorkflowError(str(exc)) from None
@@ -28,6 +32,7 @@ except (ValueError, DaskClusterError) as exc:
 # (Set here, never read: a SLURM job parses this file again and sets it from the same config.)
 os.environ.update(HPCPIPE_DASK=as_json(config.get("dask", {})))
 
+RAW = "data/raw.zarr"  # generated or ingested
 MODELS = config["train"]["models"]
 SEEDS = config["train"]["seeds"]
 VARIABLES = config["dataset"]["variables"]
@@ -79,9 +84,10 @@ def data_params():
             {"builtin": config["dataset"]["builtin"], "variables": VARIABLES}
         )
     ingest = {k: config["ingest"][k] for k in ("rename", "select", "group")}
-    # size, mtime, inode and ctime of every input file: a file replaced with its old mtime
-    # kept still reruns ingest (hpcpipe.fingerprint)
-    ingest["fingerprint"] = fingerprint(config["ingest"]["path"])
+    # A token per input path from its size, mtime and inode, and its content checksum when
+    # its ctime moved: a file replaced with its old mtime kept still reruns ingest
+    # (hpcpipe.fingerprint; ingest records them in the raw store)
+    ingest["inputs"] = input_tokens(config["ingest"]["path"], RAW)
     return as_json({**ingest, "variables": VARIABLES})
 
 
@@ -92,14 +98,20 @@ if config["dataset"]["source"] == "file":
     from hpcpipe.ingest_checks import training_period_problems
 
     _problems = training_period_problems(
-        "data/raw.zarr", data_params(), config["preprocess"]["split"], VARIABLES
+        RAW, data_params(), config["preprocess"]["split"], VARIABLES
     )
     if _problems:
         raise WorkflowError("; ".join(_problems))
 
 
+def check_raw_params():
+    return as_json({"variables": VARIABLES, "split": config["preprocess"]["split"]})
+
+
 def preprocess_params():
-    return as_json({"variables": VARIABLES, **config["preprocess"]})
+    return as_json(
+        {"variables": VARIABLES, **config["preprocess"], "climatology": CLIMATOLOGY}
+    )
 
 
 def thresholds_params():
