@@ -342,9 +342,10 @@ def test_every_manifest_records_its_step(pipeline_run: Path, monkeypatch: pytest
         for out in m["outputs"]:
             # written after the start (Snakemake touches outputs after the job: no upper bound)
             assert started.timestamp() <= _seconds(Path(out)), out
-            # the manifest itself is written at its end (times in whole seconds)
+            # the manifest itself is written at its end (times in whole seconds; a few
+            # seconds of slack for a machine loaded by other jobs)
             written = Path(out + ".manifest.json").stat().st_mtime
-            assert ended.timestamp() <= written < ended.timestamp() + 1, out
+            assert ended.timestamp() <= written < ended.timestamp() + 5, out
 
 
 def test_noop_rerun_plans_nothing(pipeline_run: Path):
