@@ -16,6 +16,7 @@ rule preprocess:
     shell:
         "hpcpipe preprocess --params {params.cfg:q} --input {input:q} "
         "--output {output.store:q} --stats {output.stats:q} --threads {threads} --log {log:q}"
+        + JOB_ARGS
 
 
 rule thresholds:
@@ -34,4 +35,4 @@ rule thresholds:
         cfg=thresholds_params(),
     shell:
         "hpcpipe thresholds --params {params.cfg:q} --input {input:q} --output {output:q} "
-        "--threads {threads} --log {log:q}"
+        "--threads {threads} --log {log:q}" + JOB_ARGS
