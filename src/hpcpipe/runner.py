@@ -32,7 +32,6 @@ def run_step(step: Step, ns: argparse.Namespace) -> int:
     from hpcpipe.runtime.allocation import allocation
     from hpcpipe.runtime.dask import serve_allocation_worker, settings_for_step
     from hpcpipe.train.stop import TrainingStopped
-
     from hpcpipe.usage import Meter
 
     logs.setup(ns.log)

@@ -2,7 +2,7 @@
 
 Off by default: each rule asks for its tier (workflow/rules/common.smk). On
 (``sizing: {from_usage: true}`` in a profile), a rule whose outputs carry a recorded usage
-(their manifests, :mod:`hpcpipe.usage`) asks for the largest peak memory and wall time of its
+(their manifests, :mod:`hpcpipe.usage`) asks for the largest peak memory (in a SLURM job: of the whole job on its node) and wall time of its
 earlier jobs with the same wildcard names (all ``train`` jobs, whatever the model and seed),
 times ``headroom``, rounded up (memory to ``mem_step_mb``, time to whole minutes), at least
 ``min_mem_mb`` / ``min_runtime``; the retry of a job killed for either still asks for that
@@ -56,7 +56,9 @@ def history(root: str) -> dict[tuple[str, tuple[str, ...]], dict[str, float]]:
             continue
         key = (m["rule"], tuple(sorted(m.get("wildcards", {}))))
         seen = out.setdefault(key, {"mem_mb": 0.0, "wall_s": 0.0, "jobs": 0})
-        seen["mem_mb"] = max(seen["mem_mb"], float(usage["peak_rss_mb"]))
+        # In a SLURM job, what the whole job held (its Snakemake too): what --mem must cover.
+        peak = max(float(usage["peak_rss_mb"]), float(usage.get("job_peak_rss_mb", 0)))
+        seen["mem_mb"] = max(seen["mem_mb"], peak)
         seen["wall_s"] = max(seen["wall_s"], float(usage["wall_s"]))
         seen["jobs"] += 1
     return out

@@ -10,6 +10,11 @@ How, and why so:
   Ranks started outside the tree (``srun -n N``, ``hpcpipe launch``'s siblings) each sample
   their own tree in wall-clock buckets of :data:`BUCKET_S`; rank 0 adds them bucket by bucket
   (:func:`merge`), so their peaks count together only where they coincided.
+- **Inside a SLURM job** the same sum is also taken over every process of the job on this
+  node (the processes in the job's memory cgroup: the Snakemake that runs the job's rules,
+  the shells, the step), as ``job_peak_rss_mb``: what the job's ``--mem`` must cover, and
+  what sizing from usage goes by. Sampled like SLURM's ``jobacct_gather/linux`` (RSS of the
+  processes, page cache not counted), so it compares with sacct's ``MaxRSS``.
 - **CPU** is user + system time of this process and of its reaped descendants
   (``getrusage``), plus what descendants still alive at the end had used (``/proc``).
 - **I/O** is the bytes passed through read/write calls (``rchar``/``wchar`` of
@@ -22,6 +27,7 @@ How, and why so:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -65,6 +71,36 @@ def _io(pid: int | str = "self") -> tuple[int, int]:
     return int(values.get("rchar", 0)), int(values.get("wchar", 0))
 
 
+def _job_cgroup() -> Path | None:
+    """The memory cgroup of this process's SLURM job (``.../job_<id>``), or None outside one."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        parts = path.split("/")
+        jobs = [i for i, part in enumerate(parts) if part.startswith("job_")]
+        if jobs and "memory" in controllers.split(","):
+            where = Path("/sys/fs/cgroup/memory", *parts[1 : jobs[0] + 1])
+            return where if where.is_dir() else None
+    return None
+
+
+def _cgroup_rss(where: Path) -> int:
+    """Summed RSS (bytes) of every process in a cgroup and the cgroups below it."""
+    total = 0
+    for here, _, _ in os.walk(where):
+        try:
+            with open(os.path.join(here, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+        total += sum(st[2] for pid in pids if (st := _stat(pid)) is not None)
+    return total
+
+
 def _descendants(root: int) -> dict[int, tuple[float, int]]:
     """pid -> (CPU s, RSS bytes) of every live descendant of ``root``."""
     procs: dict[int, tuple[int, float, int]] = {}
@@ -90,6 +126,8 @@ class Meter:
         self.buckets: dict[int, float] = {}  # wall-clock bucket -> largest tree RSS (MB)
         self.alive: dict[int, tuple[float, int]] = {}  # descendants at the last sample
         self.io_rss: dict[int, tuple[int, int]] = {}
+        self.job = _job_cgroup()
+        self.job_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hpcpipe-usage", daemon=True)
         self.meter_cpu_s = 0.0
@@ -107,6 +145,8 @@ class Meter:
         self.buckets[key] = max(self.buckets.get(key, 0.0), rss / MB)
         self.alive = desc
         self.io_rss = {pid: _io(pid) for pid in desc}
+        if self.job is not None:
+            self.job_peak = max(self.job_peak, _cgroup_rss(self.job))
         return time.perf_counter() - start
 
     def _loop(self) -> None:
@@ -141,6 +181,8 @@ class Meter:
             "ranks": 1,
             "method": "peak of the process tree's summed RSS, sampled in a thread",
         }
+        if self.job is not None:
+            usage["job_peak_rss_mb"] = round(max(self.job_peak / MB, peak), 1)
         usage.update(_gpu_usage())
         return {**usage, "buckets": {str(k): round(v, 1) for k, v in self.buckets.items()}}
 
@@ -167,10 +209,9 @@ def _gpu_usage() -> dict[str, Any]:
         return {}
     peak = sum(torch.cuda.max_memory_reserved(d) for d in range(torch.cuda.device_count()))
     out: dict[str, Any] = {"gpu_peak_mem_mb": round(peak / MB, 1)}
-    try:
-        out["gpu_util_percent"] = float(torch.cuda.utilization())  # needs pynvml
-    except Exception:  # noqa: BLE001  (no NVML bindings: utilisation unknown, not an error)
-        pass
+    # Needs NVML's Python bindings; without them the utilisation is unknown, not an error.
+    with contextlib.suppress(Exception):
+        out["gpu_util_percent"] = float(torch.cuda.utilization())
     return out
 
 
@@ -184,7 +225,7 @@ def merge(ranks: list[dict[str, Any]]) -> dict[str, Any]:
         for key, rss in r.get("buckets", {}).items():
             total[key] = total.get(key, 0.0) + rss
     out = {k: v for k, v in ranks[0].items() if k != "buckets"}
-    for key in ("cpu_s", "read_mb", "write_mb", "meter_cpu_s", "gpu_peak_mem_mb"):
+    for key in ("cpu_s", "read_mb", "write_mb", "meter_cpu_s", "gpu_peak_mem_mb"):  # summed
         if any(key in r for r in ranks):
             out[key] = round(sum(r.get(key, 0.0) for r in ranks), 3)
     out["peak_rss_mb"] = round(max([ranks[0]["peak_rss_mb"], *total.values()]), 1)
