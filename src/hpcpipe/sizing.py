@@ -14,6 +14,7 @@ it never raises.
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
 import os
@@ -112,4 +113,11 @@ def _get(mapping: Any, key: str) -> Any:
         value = mapping.get(key)
     except AttributeError:
         return None
+    if getattr(value, "is_evaluable", lambda: False)():
+        # A profile's value is an expression Snakemake evaluates per job ("'gpu'"): a
+        # literal is read as such; anything else names no partition here.
+        try:
+            return ast.literal_eval(str(value.raw))
+        except (ValueError, SyntaxError, AttributeError):
+            return None
     return getattr(value, "value", value)
