@@ -53,12 +53,8 @@ TIERS = {
     "score": {"mem_mb": 4000, "runtime": 10, "threads": 1},
     "train": {"mem_mb": 4000, "runtime": 120, "threads": 1},
 }
-# What every step records of its job next to its outputs (hpcpipe.usage): the rule, its
-# wildcards and what it asked for, to compare with what it used (`hpcpipe usage`).
-JOB_ARGS = (
-    " --rule {rule} --wildcards={wildcards:q} --mem-mb {resources.mem_mb}"
-    " --runtime {resources.runtime}"
-)
+# Every rule's shell ends with the same arguments (hpcpipe.usage): its wildcards and what
+# it asked for (mem_mb, runtime), recorded next to what it used (`hpcpipe usage`).
 
 
 def tier_threads(name):

@@ -15,7 +15,8 @@ if config["dataset"]["source"] == "builtin":
             cfg=data_params(),
         shell:
             "hpcpipe generate --params {params.cfg:q} --output {output:q} "
-            "--threads {threads} --log {log:q}" + JOB_ARGS
+            "--threads {threads} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
     RAW_STORE = rules.generate.output[0]
 
@@ -37,6 +38,7 @@ else:
             cfg=data_params(),
         shell:
             "hpcpipe ingest --params {params.cfg:q} --input {input:q} --output {output:q} "
-            "--threads {threads} --log {log:q}" + JOB_ARGS
+            "--threads {threads} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
     RAW_STORE = rules.ingest.output[0]

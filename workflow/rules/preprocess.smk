@@ -16,7 +16,7 @@ rule preprocess:
     shell:
         "hpcpipe preprocess --params {params.cfg:q} --input {input:q} "
         "--output {output.store:q} --stats {output.stats:q} --threads {threads} --log {log:q}"
-        + JOB_ARGS
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
 
 rule thresholds:
@@ -35,4 +35,5 @@ rule thresholds:
         cfg=thresholds_params(),
     shell:
         "hpcpipe thresholds --params {params.cfg:q} --input {input:q} --output {output:q} "
-        "--threads {threads} --log {log:q}" + JOB_ARGS
+        "--threads {threads} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"

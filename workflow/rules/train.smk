@@ -23,4 +23,5 @@ rule train:
         "--train {input.train:q} --val {input.val:q} --model {wildcards.model:q} "
         "--seed {wildcards.seed:q} --output {output.model:q} --history {output.history:q} "
         "--threads {threads} --log {log:q} "
-        "--checkpoints .checkpoints/{wildcards.model:q}/{wildcards.seed:q}" + JOB_ARGS
+        "--checkpoints .checkpoints/{wildcards.model:q}/{wildcards.seed:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"

@@ -17,5 +17,7 @@ rule usage:
         ),
     log:
         "logs/usage.log",
+    conda:
+        conda_env("evaluate")
     shell:
         "hpcpipe usage . --csv {output.table:q} --chart {output.chart:q} > {log:q} 2>&1"
