@@ -137,7 +137,9 @@ class Meter:
         return self
 
     def _sample(self) -> float:
-        start = time.perf_counter()
+        """One sample; the CPU time it took (not wall time: on a busy node that would
+        stretch the interval for nothing)."""
+        start = time.thread_time()
         desc = _descendants(self.root)
         own = _stat(self.root)
         rss = (own[2] if own else 0) + sum(r for _, r in desc.values())
@@ -147,7 +149,7 @@ class Meter:
         self.io_rss = {pid: _io(pid) for pid in desc}
         if self.job is not None:
             self.job_peak = max(self.job_peak, _cgroup_rss(self.job))
-        return time.perf_counter() - start
+        return time.thread_time() - start
 
     def _loop(self) -> None:
         t_cpu = time.thread_time()

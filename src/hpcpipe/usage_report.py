@@ -112,6 +112,7 @@ def write_chart(data: list[dict[str, Any]], path: str | os.PathLike[str]) -> Non
                 label="used (peak)", color="#1f77b4")  # fmt: skip
         ax.set_yticks(list(ys), names)
         ax.set_xlabel(unit)
+        ax.set_xscale("log")  # use is often 10-1000x below the request: both stay visible
         ax.legend(loc="lower right")
     fig.suptitle("Requested vs used, largest job per rule")
     save_png(fig, path)

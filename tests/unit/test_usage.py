@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from hpcpipe.sizing import history, sized
-from hpcpipe.usage import Meter, merge
+from hpcpipe.usage import Meter, collect_ranks, leave_for_rank0, merge
 from hpcpipe.usage_report import rows, table
 
 # A child that holds 200 MB for a second and burns CPU meanwhile.
-HOG = "import time; b = bytearray(200 * 2**20); t = time.time()\nwhile time.time() - t < 1.2: pass"
+HOG = "import time; b = b'x' * (200 * 2**20); t = time.time()\nwhile time.time() - t < 1.2: pass"
 
 
 def test_meter_counts_a_child_process_memory_and_cpu() -> None:
@@ -32,6 +32,17 @@ def test_merge_adds_ranks_only_where_their_samples_coincide() -> None:
     got = merge([a, b])
     assert got["peak_rss_mb"] == 400  # not 600, the sum of peaks that did not coincide
     assert got["cpu_s"] == 9 and got["wall_s"] == 10 and got["ranks"] == 2
+
+
+def test_rank0_collects_the_other_ranks_usage(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    outputs = [str(tmp_path / "model.pt")]
+    own = {"wall_s": 5, "cpu_s": 5, "peak_rss_mb": 100, "buckets": {"7": 100}}
+    leave_for_rank0({**own, "cpu_s": 4, "buckets": {"7": 90}}, outputs, "42", 1)
+    got = collect_ranks(own, outputs, "42", world=3, wait_s=0.3)  # rank 2 never reports
+    assert got["ranks"] == 2 and got["cpu_s"] == 9 and got["peak_rss_mb"] == 190
+    assert got["missing_ranks"] == [2]
+    assert not any((tmp_path / ".hpcpipe-usage").iterdir())  # nothing left for the next run
 
 
 def _manifest(root: Path, name: str, rule: str, wildcards: dict, peak: float, wall: float,
