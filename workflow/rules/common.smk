@@ -49,12 +49,17 @@ wildcard_constraints:
 # Resource tiers (like nf-core labels): one place for sizes. Memory and runtime grow
 # with each retry (attempt), so a job killed for lack of either gets more next time.
 # Site words (partitions, accounts) are the profile's; a rule names only its tier.
+# With the runtime section `sizing: {from_usage: true}` (a profile's setting) a rule that
+# has run before asks for what it used instead, x headroom, within the partition's limits
+# (hpcpipe.sizing); a rule without history keeps its tier.
 TIERS = {
     "tiny": {"mem_mb": 1000, "runtime": 10, "threads": 1},
     "array": {"mem_mb": 4000, "runtime": 60, "threads": 2},
     "score": {"mem_mb": 4000, "runtime": 10, "threads": 1},
     "train": {"mem_mb": 4000, "runtime": 120, "threads": 1},
 }
+# Every rule's shell ends with the same arguments (hpcpipe.usage): its wildcards and what
+# it asked for (mem_mb, runtime), recorded next to what it used (`hpcpipe usage`).
 
 
 def tier_threads(name):
@@ -62,13 +67,21 @@ def tier_threads(name):
 
 
 def tier_resources(name, **extra):
-    """A tier's mem_mb and runtime, scaled by the attempt, plus the rule's own extras."""
-    tier = TIERS[name]
-    return {
-        "mem_mb": lambda wildcards, attempt: tier["mem_mb"] * attempt,
-        "runtime": lambda wildcards, attempt: tier["runtime"] * attempt,
-        **extra,
-    }
+    """A tier's mem_mb and runtime (or those sized from usage), scaled by the attempt, plus
+    the rule's own extras."""
+    from hpcpipe.sizing import partition_of, sized
+
+    def size(resource):
+        def value(wildcards, attempt, rulename):
+            part = partition_of(workflow.resource_settings, rulename)
+            tier = TIERS[name][resource]
+            return sized(
+                config.get("sizing"), rulename, wildcards, resource, tier, attempt, part
+            )
+
+        return value
+
+    return {"mem_mb": size("mem_mb"), "runtime": size("runtime"), **extra}
 
 
 def conda_env(stage):

@@ -16,6 +16,7 @@ if config["dataset"]["source"] == "builtin":
         shell:
             "hpcpipe generate --params {params.cfg:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
     RAW_STORE = rules.generate.output[0]
     RAW_CHECKED = []  # generated fields vary over any period
@@ -39,6 +40,7 @@ else:
         shell:
             "hpcpipe ingest --params {params.cfg:q} --input {input:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
     RAW_STORE = rules.ingest.output[0]
 

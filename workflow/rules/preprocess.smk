@@ -17,6 +17,7 @@ rule preprocess:
     shell:
         "hpcpipe preprocess --params {params.cfg:q} --input {input.raw:q} "
         "--output {output.store:q} --stats {output.stats:q} --threads {threads} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
 
 rule thresholds:
@@ -36,3 +37,4 @@ rule thresholds:
     shell:
         "hpcpipe thresholds --params {params.cfg:q} --input {input:q} --output {output:q} "
         "--threads {threads} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
