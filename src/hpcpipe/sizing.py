@@ -76,8 +76,10 @@ def sized(
 ) -> int:  # fmt: skip
     """``resource`` ("mem_mb" or "runtime", minutes) of a job of ``rule`` at ``attempt``."""
     cfg = settings(section)
+    if not cfg["from_usage"]:  # off: no manifest is read (the plan stays as fast as before)
+        return tier_value * attempt
     seen = history(os.path.abspath(root)).get((rule, tuple(sorted(dict(wildcards.items())))))
-    if not cfg["from_usage"] or not seen:
+    if not seen:
         return tier_value * attempt
     if resource == "mem_mb":
         step = cfg["mem_step_mb"]

@@ -65,5 +65,6 @@ else:
         shell:
             "hpcpipe check-raw --params {params.cfg:q} --input {input:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
     RAW_CHECKED = rules.check_raw.output
