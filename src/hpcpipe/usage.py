@@ -19,7 +19,8 @@ How, and why so:
   (``getrusage``), plus what descendants still alive at the end had used (``/proc``).
 - **I/O** is the bytes passed through read/write calls (``rchar``/``wchar`` of
   ``/proc/<pid>/io``, which includes reaped children), page-cache hits included.
-- **GPU**: the peak memory torch reserved on this process's devices, when the step used CUDA.
+- **GPU**: the peak memory torch reserved on this process's devices, when the step used CUDA,
+  and the mean of the GPU's utilisation at each sample (NVML, through torch).
 - **Cost**: the sampler scans ``/proc`` (about 1 ms per 100 processes) and waits at least
   :data:`MAX_SHARE` times that long between scans, so it takes under 0.5 % of one core;
   its own CPU time is recorded (``meter_cpu_s``), which the benchmark reports.
@@ -27,7 +28,6 @@ How, and why so:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
@@ -131,6 +131,7 @@ class Meter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hpcpipe-usage", daemon=True)
         self.meter_cpu_s = 0.0
+        self.gpu_util: list[float] = []  # % at each sample, once the step uses CUDA
 
     def start(self) -> Meter:
         self._thread.start()
@@ -149,6 +150,8 @@ class Meter:
         self.io_rss = {pid: _io(pid) for pid in desc}
         if self.job is not None:
             self.job_peak = max(self.job_peak, _cgroup_rss(self.job))
+        if (util := _gpu_util()) is not None:
+            self.gpu_util.append(util)
         return time.thread_time() - start
 
     def _loop(self) -> None:
@@ -186,6 +189,8 @@ class Meter:
         if self.job is not None:
             usage["job_peak_rss_mb"] = round(max(self.job_peak / MB, peak), 1)
         usage.update(_gpu_usage())
+        if self.gpu_util:
+            usage["gpu_util_mean_percent"] = round(sum(self.gpu_util) / len(self.gpu_util), 1)
         return {**usage, "buckets": {str(k): round(v, 1) for k, v in self.buckets.items()}}
 
 
@@ -210,11 +215,19 @@ def _gpu_usage() -> dict[str, Any]:
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
     peak = sum(torch.cuda.max_memory_reserved(d) for d in range(torch.cuda.device_count()))
-    out: dict[str, Any] = {"gpu_peak_mem_mb": round(peak / MB, 1)}
-    # Needs NVML's Python bindings; without them the utilisation is unknown, not an error.
-    with contextlib.suppress(Exception):
-        out["gpu_util_percent"] = float(torch.cuda.utilization())
-    return out
+    return {"gpu_peak_mem_mb": round(peak / MB, 1)}
+
+
+def _gpu_util() -> float | None:
+    """This process's GPU's utilisation now (%), once the step initialised CUDA; None
+    before, or without NVML's Python bindings (unknown, not an error)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    try:
+        return float(torch.cuda.utilization())
+    except Exception:
+        return None
 
 
 def merge(ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -230,6 +243,8 @@ def merge(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("cpu_s", "read_mb", "write_mb", "meter_cpu_s", "gpu_peak_mem_mb"):  # summed
         if any(key in r for r in ranks):
             out[key] = round(sum(r.get(key, 0.0) for r in ranks), 3)
+    if utils := [r["gpu_util_mean_percent"] for r in ranks if "gpu_util_mean_percent" in r]:
+        out["gpu_util_mean_percent"] = round(sum(utils) / len(utils), 1)  # one GPU per rank
     out["peak_rss_mb"] = round(max([ranks[0]["peak_rss_mb"], *total.values()]), 1)
     out["ranks"] = len(ranks)
     return out
