@@ -100,7 +100,11 @@ def _run_with_manifests(
     with dask_runtime(alloc, settings):
         step.run(ns)
     if outputs:
-        usage = _step_usage(outputs, meter)
+        try:
+            usage = _step_usage(outputs, meter)
+        except Exception as exc:  # measuring must never fail a step that succeeded
+            log.warning("usage: not recorded (%s: %s)", type(exc).__name__, exc)
+            usage = {"error": f"{type(exc).__name__}: {exc}"}
         _write_manifests(step, ns, inputs, outputs, started, alloc, start, usage)
 
 
@@ -110,7 +114,10 @@ def _leave_usage(step: Step, ns: argparse.Namespace, meter: Any) -> None:
     from hpcpipe.usage import leave_for_rank0
 
     outputs = step.paths(ns, "output")
-    leave_for_rank0(meter.stop(), outputs, slurm_job_id(), launcher_rank())
+    try:
+        leave_for_rank0(meter.stop(), outputs, slurm_job_id(), launcher_rank())
+    except Exception as exc:  # rank 0 then names this rank as missing; the step went well
+        log.warning("usage: not left for rank 0 (%s: %s)", type(exc).__name__, exc)
 
 
 def _step_usage(outputs: list[str], meter: Any) -> dict[str, Any]:
@@ -149,7 +156,8 @@ def _write_manifests(
 
     t0 = time.monotonic() - CHECKSUM_SECONDS[0]  # chunk checksums count as manifest cost
     resources = {"cpus": alloc.cpus, "memory_gb": round(alloc.memory_gb, 2), "gpus": alloc.gpus}
-    job = {"rule": ns.rule or step.name, "wildcards": parse_wildcards(ns.wildcards),
+    # The rule is the step's name with underscores (check-raw runs in rule check_raw)
+    job = {"rule": ns.rule or step.name.replace("-", "_"), "wildcards": parse_wildcards(ns.wildcards),
            "usage": usage, "requested": _requested(ns, alloc, usage)}  # fmt: skip
     write_manifests(step.name, ns.params, inputs, outputs, started, resources, job)
     took = time.monotonic() - t0

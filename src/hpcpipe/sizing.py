@@ -79,14 +79,15 @@ def sized(
     if not cfg["from_usage"]:  # off: no manifest is read (the plan stays as fast as before)
         return tier_value * attempt
     seen = history(os.path.abspath(root)).get((rule, tuple(sorted(dict(wildcards.items())))))
-    if not seen:
-        return tier_value * attempt
-    if resource == "mem_mb":
+    if not seen:  # no history: the tier, held to the partition's limits like the rest
+        value = tier_value * attempt
+    elif resource == "mem_mb":
         step = cfg["mem_step_mb"]
         base = max(cfg["min_mem_mb"], math.ceil(seen["mem_mb"] * cfg["headroom"] / step) * step)
+        value = base * attempt
     else:
         base = max(cfg["min_runtime"], math.ceil(seen["wall_s"] * cfg["headroom"] / 60))
-    value = base * attempt
+        value = base * attempt
     if (cap := _limit(cfg, partition, resource)) is not None:
         value = min(value, cap)
     return int(value)

@@ -28,6 +28,7 @@ How, and why so:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -38,14 +39,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-BUCKET_S = 1.0  # wall-clock bucket in which the ranks' samples are added up
 MIN_INTERVAL_S = 0.2  # between two samples: short steps still get several
 MAX_INTERVAL_S = 2.0  # SLURM's accounting samples every 2 s on the local cluster
+# Wall-clock bucket in which the ranks' samples are added up: no shorter than the longest
+# interval, so every rank has a sample in every bucket (out of phase, they would miss).
+BUCKET_S = MAX_INTERVAL_S
 MAX_SHARE = 0.005  # at most this share of one core goes to sampling
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 MB = 2**20
-RANKS_DIR = ".hpcpipe-usage"  # where ranks other than 0 leave their usage for rank 0
+# where ranks other than 0 leave their usage for rank 0 (Snakemake's own hidden directory)
+RANKS_DIR = os.path.join(".snakemake", "hpcpipe-usage")
 RANK_WAIT_S = 15.0  # how long rank 0 waits for the other ranks' usage after its step
 
 
@@ -79,12 +83,18 @@ def _job_cgroup() -> Path | None:
     except OSError:
         return None
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        hierarchy, controllers, path = line.split(":", 2)
         parts = path.split("/")
         jobs = [i for i, part in enumerate(parts) if part.startswith("job_")]
-        if jobs and "memory" in controllers.split(","):
+        if not jobs:
+            continue
+        if "memory" in controllers.split(","):  # cgroup v1
             where = Path("/sys/fs/cgroup/memory", *parts[1 : jobs[0] + 1])
-            return where if where.is_dir() else None
+        elif hierarchy == "0" and not controllers:  # cgroup v2: one unified tree
+            where = Path("/sys/fs/cgroup", *parts[1 : jobs[0] + 1])
+        else:
+            continue
+        return where if where.is_dir() else None
     return None
 
 
@@ -101,20 +111,33 @@ def _cgroup_rss(where: Path) -> int:
     return total
 
 
+def _children(pid: int) -> list[int]:
+    """The child pids of ``pid``, from its threads' ``children`` lists (no scan of /proc:
+    on a node with thousands of processes that would cost the sampler its budget)."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def _descendants(root: int) -> dict[int, tuple[float, int]]:
     """pid -> (CPU s, RSS bytes) of every live descendant of ``root``."""
-    procs: dict[int, tuple[int, float, int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (st := _stat(int(name))) is not None:
-            procs[int(name)] = st
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = {}, list(children.get(root, []))
+    out: dict[int, tuple[float, int]] = {}
+    todo = _children(root)
     while todo:
         pid = todo.pop()
-        out[pid] = procs[pid][1:]
-        todo += children.get(pid, [])
+        if pid in out or (st := _stat(pid)) is None:
+            continue
+        out[pid] = st[1:]
+        todo += _children(pid)
     return out
 
 
@@ -174,7 +197,10 @@ class Meter:
         rchar, wchar = _io()
         rchar += sum(r for r, _ in self.io_rss.values())
         wchar += sum(w for _, w in self.io_rss.values())
-        floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        # Floors: this process's own peak, and the largest single child's (a short child
+        # between two samples); the tree at one moment held at least either.
+        floor = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF,
+                    resource.RUSAGE_CHILDREN)) / 1024  # KiB on Linux  # fmt: skip
         peak = max([floor, *self.buckets.values()])
         usage = {
             "wall_s": round(_elapsed(), 3),
@@ -289,6 +315,8 @@ def collect_ranks(
             break
         time.sleep(0.1)
     shutil.rmtree(where, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        where.parent.rmdir()  # when no other step's ranks are reporting now
     merged = merge([own, *(found[r] for r in sorted(found))])
     if missing := sorted(set(range(1, world)) - set(found)):
         merged["missing_ranks"] = missing

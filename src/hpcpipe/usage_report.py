@@ -40,16 +40,17 @@ def rows(root: str | os.PathLike[str] = ".") -> list[dict[str, Any]]:
     out = []
     for m in manifests(root):
         used, asked = m.get("usage"), m.get("requested")
-        if not used or not asked:
-            continue  # made by a version that did not record usage
+        if not used or "wall_s" not in used or not asked:
+            continue  # made by a version that did not record usage, or not measured
         threads, wall, runtime = asked.get("threads") or 1, used["wall_s"], asked.get("runtime_min")
+        tasks = asked.get("tasks") or 1  # ranks, each with its threads
         row = {
             "rule": m.get("rule", m["step"]),
             "wildcards": ",".join(f"{k}={v}" for k, v in sorted(m.get("wildcards", {}).items())),
             "slurm_job_id": asked.get("slurm_job_id") or "",
             "threads": threads,
             "cpu_s": used["cpu_s"],
-            "cpu_eff_pct": _pct(used["cpu_s"], wall * threads),
+            "cpu_eff_pct": _pct(used["cpu_s"], wall * threads * tasks),
             "mem_req_mb": asked.get("mem_mb"),
             "mem_used_mb": used["peak_rss_mb"],
             "mem_eff_pct": _pct(used["peak_rss_mb"], asked.get("mem_mb")),

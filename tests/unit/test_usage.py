@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from hpcpipe.sizing import history, sized
-from hpcpipe.usage import Meter, collect_ranks, leave_for_rank0, merge
+from hpcpipe.usage import RANKS_DIR, Meter, collect_ranks, leave_for_rank0, merge
 from hpcpipe.usage_report import rows, table
 
 # A child that holds 200 MB for a second and burns CPU meanwhile.
@@ -21,7 +21,8 @@ def test_meter_counts_a_child_process_memory_and_cpu() -> None:
     usage = meter.stop()
     assert usage["peak_rss_mb"] > 200, usage  # the child's 200 MB, sampled while it lived
     assert usage["cpu_s"] >= 1.0, usage  # reaped child's CPU counted
-    assert usage["meter_cpu_s"] < 0.01 * usage["wall_s"] + 0.01, usage
+    # a bound against a runaway sampler; its share is measured by scripts/bench usage
+    assert usage["meter_cpu_s"] < 0.05 * usage["wall_s"] + 0.01, usage
 
 
 def test_merge_adds_ranks_only_where_their_samples_coincide() -> None:
@@ -42,7 +43,7 @@ def test_rank0_collects_the_other_ranks_usage(tmp_path, monkeypatch) -> None:
     got = collect_ranks(own, outputs, "42", world=3, wait_s=0.3)  # rank 2 never reports
     assert got["ranks"] == 2 and got["cpu_s"] == 9 and got["peak_rss_mb"] == 190
     assert got["missing_ranks"] == [2]
-    assert not any((tmp_path / ".hpcpipe-usage").iterdir())  # nothing left for the next run
+    assert not (tmp_path / RANKS_DIR).exists()  # nothing left for the next run, nor litter
 
 
 def _manifest(root: Path, name: str, rule: str, wildcards: dict, peak: float, wall: float,
