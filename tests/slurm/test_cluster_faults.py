@@ -33,7 +33,7 @@ from faultkit import (
     taken_for_finished,
     wait_for,
 )
-from slurmenv import LOCAL_SLURM, in_ci, sacct_megabytes
+from slurmenv import LOCAL_SLURM, in_ci, sacct_megabytes, sacct_step, submitted_job_ids
 from test_pipeline_slurm import slurm_profile
 from workdir import make_workdir, snakemake
 
@@ -131,18 +131,7 @@ def test_node_failure_under_training_resumes_on_another_node(
 
 def _max_rss_mb(slurm_cluster, job_id: str) -> float:
     """The batch step's peak memory as sacct records it (sampled every 2 s)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        out = slurm_cluster.run(["sacct", "-n", "-P", "-j", f"{job_id}.batch", "-o", "MaxRSS"])
-        text = out.stdout.strip()
-        if text and text[-1] in "KMG":
-            return sacct_megabytes(text)
-        time.sleep(1)
-    raise AssertionError(f"sacct has no MaxRSS for job {job_id}")
-
-
-def _job_ids(out: str) -> list[str]:
-    return re.findall(r"has been submitted with SLURM jobid (\d+)", out)
+    return sacct_megabytes(sacct_step(slurm_cluster, f"{job_id}.batch", ("MaxRSS",))["MaxRSS"])
 
 
 def test_out_of_memory_kill_is_retried_with_more_memory(
@@ -154,7 +143,7 @@ def test_out_of_memory_kill_is_retried_with_more_memory(
     profile = slurm_profile(tmp_path / "profile", retries=4)
     measured = make_workdir(tmp_path / "measured", CNN_ONLY)
     proc = snakemake(measured, "--profile", str(profile), "--until", "features", timeout=400)
-    (job,) = _job_ids(proc.stdout + proc.stderr)
+    (job,) = submitted_job_ids(proc.stdout + proc.stderr)
     need = _max_rss_mb(slurm_cluster, job)
 
     wd = make_workdir(tmp_path / "wd", CNN_ONLY)
@@ -164,7 +153,7 @@ def test_out_of_memory_kill_is_retried_with_more_memory(
                      timeout=600, check=False)  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    jobs = _job_ids(out)
+    jobs = submitted_job_ids(out)
     assert len(jobs) >= 2, out[-4000:]
     assert slurm_cluster.state(jobs[0]) == "OUT_OF_MEMORY", (need, first, jobs)
     assert slurm_cluster.show_job(jobs[0])["MinMemoryNode"] == f"{first}M"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from slurmenv import LOCAL_SLURM, sacct_megabytes
+from slurmenv import LOCAL_SLURM, sacct_megabytes, sacct_step
 
 pytestmark = pytest.mark.slurm
 
@@ -73,18 +73,7 @@ def test_sacct_reports_max_rss_and_cpu_time(slurm_cluster, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip().split(";")[0]
-    fields = {}
-    deadline = time.monotonic() + 30  # slurmctld sends the record to slurmdbd at its pace
-    while time.monotonic() < deadline and not fields.get("MaxRSS"):
-        out = slurm_cluster.run(
-            ["sacct", "-n", "-P", "-j", f"{job_id}.batch", "-o", "State,MaxRSS,TotalCPU"]
-        ).stdout.split()
-        fields = (
-            dict(zip(("State", "MaxRSS", "TotalCPU"), out[0].split("|"), strict=False))
-            if out
-            else {}
-        )
-        time.sleep(1)
+    fields = sacct_step(slurm_cluster, f"{job_id}.batch", ("State", "MaxRSS", "TotalCPU"))
     assert fields.get("State") == "COMPLETED", fields
     max_rss_mb = sacct_megabytes(fields["MaxRSS"])
     assert 280 <= max_rss_mb <= 400, fields  # 300 MB touched, plus the interpreter

