@@ -26,6 +26,7 @@ rule all:
     input:
         rules.summary.output.table,
         rules.summary.output.chart,
+        SWEEP_RESULTS,
 
 
 onsuccess:
