@@ -121,8 +121,8 @@ def plot(df: pd.DataFrame, keys: Sequence[str], path: Path) -> None:
         x = pd.to_numeric(d[key], errors="coerce")
         numeric = x.notna().all() and len(d)
         xs = x if numeric else d[key].astype(str)
-        ax.plot(xs, d["skill"], ".", alpha=0.4, label="runs" if len(d) == len(df) else
-                f"top {len(d)} runs")  # fmt: skip
+        label = "runs" if len(dots) == len(df) else f"top {len(dots)} runs"
+        ax.plot(xs, d["skill"], ".", alpha=0.4, label=label)
         e = effects(df, key)
         centres = [_centre(i) for i in e.index] if numeric else [str(i) for i in e.index]
         ax.plot(centres, e["median skill"], "k-", marker="o", label="median per value")
