@@ -197,7 +197,9 @@ def check(config: dict, schema: dict | None = None) -> None:
     if not parameters:
         problems.append("sweep.parameters: empty, so the sweep has no points")
     if not problems:
-        problems = [p for k, s in parameters.items() for p in _spec_problems(k, s, sweep["method"], schema)]
+        problems = [
+            p for k, s in parameters.items() for p in _spec_problems(k, s, sweep["method"], schema)
+        ]
     if not problems:
         n = run_count(sweep, models, config["train"]["seeds"])
         if n > sweep["max_runs"]:

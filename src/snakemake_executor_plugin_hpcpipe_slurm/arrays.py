@@ -64,7 +64,7 @@ def submit(executor: Any, jobs: list[Any], chunk: int) -> None:
         part = jobs[start : start + chunk]
         try:
             _submit_one(executor, part)
-        except Exception as exc:  # noqa: BLE001 - every task must hear of the failure
+        except Exception as exc:  # every task must hear of the failure
             for job in part:
                 executor._report_job_error_threadsafe(
                     SubmittedJobInfo(job), f"array submission failed: {exc}"

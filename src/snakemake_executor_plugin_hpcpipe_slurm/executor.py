@@ -75,9 +75,7 @@ class Executor(SlurmExecutor):
         for batch in batches:
             for job in batch:
                 self.run_job_pre(job)
-            self._job_submission_executor.submit(
-                arrays.submit, self, batch, self.max_array_size
-            )
+            self._job_submission_executor.submit(arrays.submit, self, batch, self.max_array_size)
         if rest:
             super().run_jobs(rest)
 

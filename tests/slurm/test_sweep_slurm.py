@@ -32,7 +32,16 @@ def test_a_24_run_sweep_is_submitted_as_job_arrays(slurm_cluster, tmp_path: Path
     out = proc.stdout + proc.stderr
     run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
     sacct = slurm_cluster.run(
-        ["sacct", "-X", "-n", "-P", f"--name={run_id}", "--format=JobID,State,Partition", "-S", "now-2hours"]
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "-P",
+            f"--name={run_id}",
+            "--format=JobID,State,Partition",
+            "-S",
+            "now-2hours",
+        ]
     ).stdout.split()
     jobs = [line.split("|") for line in sacct]
     assert all(state == "COMPLETED" for _, state, _ in jobs), jobs

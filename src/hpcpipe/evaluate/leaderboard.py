@@ -145,7 +145,9 @@ def _centre(interval: Any) -> float:
 
 
 def _list_table(df: pd.DataFrame, title: str) -> list[str]:
-    cells = [[str(c) for c in df.columns]] + [[_fmt(x) for x in row] for row in df.itertuples(index=False)]
+    cells = [[str(c) for c in df.columns]] + [
+        [_fmt(x) for x in row] for row in df.itertuples(index=False)
+    ]
     lines = [title, "", ".. list-table::", "   :header-rows: 1", ""]
     for row in cells:
         lines.append("   * - " + "\n     - ".join(c or "-" for c in row))
