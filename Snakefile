@@ -19,6 +19,7 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/usage.smk"
 
 
 rule all:
@@ -26,6 +27,7 @@ rule all:
     input:
         rules.summary.output.table,
         rules.summary.output.chart,
+        rules.usage.output.table,
         SWEEP_RESULTS,
 
 

@@ -3,7 +3,8 @@
 Rules pass explicit paths and the config section a step depends on as JSON (--params), so
 every step is also runnable by hand. The steps and their arguments are a table
 (:mod:`hpcpipe.steps`); running one is :func:`hpcpipe.runner.run_step`. Besides the steps:
-`launch` (start N ranks of a command) and two queries, `provenance` and `check-config`.
+`launch` (start N ranks of a command) and three queries, `provenance`, `check-config` and
+`usage`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def json_object(text: str) -> dict[str, Any]:
 COMMON: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--log", {"help": "log file (the rule's log:)"}),
     ("--threads", {"type": int, "help": "CPUs granted (ignored inside SLURM, which says)"}),
+    ("--rule", {"help": "the Snakemake rule ({rule}), recorded with the usage"}),
+    ("--wildcards", {"help": "its wildcards ({wildcards}: model=cnn,seed=0)"}),
+    ("--mem-mb", {"type": int, "help": "memory the rule asked for, MB (recorded)"}),
+    ("--runtime", {"type": int, "help": "time the rule asked for, minutes (recorded)"}),
     ("--params", {"type": json_object, "default": {}, "help": "the step's config, as JSON"}),
     ("--dask", {"type": json_object, "help": "the config's runtime section `dask` as JSON "
                 "(mode, address, jobqueue, ...); default: $HPCPIPE_DASK, which the workflow "
@@ -81,10 +86,26 @@ def cmd_check_config(ns: argparse.Namespace) -> None:
         # The same check the workflow makes before it starts: can the data serve the config?
         from hpcpipe.ingest import check_config_against_file
 
-        counts = check_config_against_file(config)
+        counts = check_config_against_file(config).counts
         print(f"{names}: valid; samples per split {counts}")
         return
     print(f"{names}: valid")
+
+
+def cmd_usage(ns: argparse.Namespace) -> None:
+    from hpcpipe.usage_report import rows, table, write_chart, write_csv
+
+    data = rows(ns.dir)
+    if not data and not ns.csv:
+        raise ValueError(f"{ns.dir}: no step has recorded its usage here (run the workflow)")
+    if not data:  # the workflow's usage rule: steps made before usage was recorded
+        print(f"{ns.dir}: no step has recorded its usage here; the table is empty",
+              file=sys.stderr)  # fmt: skip
+    print(table(data))
+    csv_path = ns.csv or os.path.join(ns.dir, "results", "usage.csv")
+    write_csv(data, csv_path)
+    if ns.chart:
+        write_chart(data, ns.chart)
 
 
 def _add_queries(sub: Any) -> None:
@@ -102,6 +123,13 @@ def _add_queries(sub: Any) -> None:
     p.add_argument("config")
     p.add_argument("overlays", nargs="*", help="overlays, as in snakemake --configfile A B")
     p.set_defaults(query=cmd_check_config)
+    p = sub.add_parser(
+        "usage", help="requested vs used memory, time and CPU of every step run (a trace)"
+    )
+    p.add_argument("dir", nargs="?", default=".", help="the workflow directory (default: .)")
+    p.add_argument("--csv", help="where the table goes (default: DIR/results/usage.csv)")
+    p.add_argument("--chart", help="a PNG of requested vs used memory and time per rule")
+    p.set_defaults(query=cmd_usage)
 
 
 def build_parser() -> argparse.ArgumentParser:

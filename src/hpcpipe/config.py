@@ -182,20 +182,18 @@ def _headline_lead_problems(c: dict) -> list[str]:
     return [f"evaluate.headline_lead: {lead} is not one of features.leads {leads}"]
 
 
-def _unet_problems(c: dict) -> list[str]:
-    """The built-in grid, after coarsening, suits the U-Net's depth (models.unet_grid_problem)."""
-    depth = c["models"]["unet"]["depth"]
-    coarsen = c["preprocess"]["coarsen"]
-    problems = []
-    for dim in ("n_lat", "n_lon"):
-        n = c["dataset"]["builtin"][dim] // coarsen
-        # Dimension by dimension, to name each one at fault: an n x n grid fails when n does.
-        if unet_grid_problem(depth, n, n) is not None:
-            problems.append(
-                f"models.unet.depth: {depth} needs dataset.builtin.{dim}/preprocess.coarsen "
-                f"({n}) to divide by {2**depth}"
-            )
-    return problems
+def unet_problems(c: dict, n_lat: int, n_lon: int, grid: str) -> list[str]:
+    """The ``n_lat x n_lon`` grid named ``grid``, after preprocess.coarsen, suits the
+    U-Net's depth (models.unet_grid_problem): for the built-in data here, for files at
+    ingest's check before any job."""
+    depth, coarsen = c["models"]["unet"]["depth"], c["preprocess"]["coarsen"]
+    problem = unet_grid_problem(depth, n_lat // coarsen, n_lon // coarsen)
+    if problem is None:
+        return []
+    return [
+        f"models.unet.depth: {depth} {problem} ({grid} after preprocess.coarsen {coarsen}); "
+        "lower models.unet.depth, change preprocess.coarsen or drop unet from train.models"
+    ]
 
 
 def _cross_key_problems(c: dict) -> Iterator[str]:
@@ -214,7 +212,8 @@ def _cross_key_problems(c: dict) -> Iterator[str]:
         yield from _builtin_climatology_problems(c)
     yield from _headline_lead_problems(c)
     if builtin and "unet" in c["train"]["models"]:
-        yield from _unet_problems(c)
+        b = c["dataset"]["builtin"]
+        yield from unet_problems(c, b["n_lat"], b["n_lon"], "dataset.builtin.n_lat x n_lon")
 
 
 def load(path: str | Path, *overlays: str | Path) -> dict:

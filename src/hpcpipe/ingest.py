@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -24,7 +24,6 @@ from hpcpipe.ingest_checks import (
     refusing_inf,
     select_levels,
 )
-from hpcpipe.models import unet_grid_problem
 from hpcpipe.splits import sample_count, split_indices
 from hpcpipe.timeaxis import climatology_for, period_problems
 
@@ -59,13 +58,25 @@ def open_source(
             ) from None
         hint = (
             f"check the units and calendar attributes of its time variable {time_name!r}"
-            if "decode" in str(exc) or "time" in str(exc)
+            if _opens_without_times(p, group)
             else "a truncated or corrupt file?"
         )
         raise DatasetError(
             f"{p}{where}: cannot be read as NetCDF or Zarr ({type(exc).__name__}: "
             f"{_short(exc)}); {hint}"
         ) from exc
+
+
+def _opens_without_times(p: Path, group: str | None) -> bool:
+    """Whether ``p`` opens when times are left undecoded: then decoding them failed."""
+    try:
+        if p.is_dir() or p.suffix == ".zarr":
+            xr.open_zarr(p, group=group, chunks={}, decode_times=False, consolidated=None)
+        else:
+            xr.open_dataset(p, group=group, chunks={}, decode_times=False).close()
+    except Exception:
+        return False
+    return True
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -238,10 +249,17 @@ def _normalise_coords(ds: xr.Dataset, name: str) -> xr.Dataset:
 
 
 def check_serves(
-    ds: xr.Dataset, variables: list[str], split: dict, lags: list[int], leads: list[int], name: str
+    ds: xr.Dataset,
+    variables: list[str],
+    split: dict,
+    lags: list[int],
+    leads: list[int],
+    name: str,
+    axis: Any = None,
 ) -> dict[str, int]:
-    """Check that ``ds`` can feed every split with the lags and leads; return sample counts."""
-    axis = check_raw(ds, variables, name)
+    """Check that ``ds`` can feed every split with the lags and leads; return sample counts.
+    ``axis``: its time axis where the caller has checked it already (contracts.check_raw)."""
+    axis = axis or check_raw(ds, variables, name)
     bounds = split_indices(ds, split, name)
     problems = period_problems(ds.indexes["time"], axis, split, name)
     if problems:
@@ -278,13 +296,18 @@ def ingest(path: str | list[str], params: dict[str, Any]) -> xr.Dataset:
     log.info("%s: %s steps, a %s grid", name, axis.frequency, ds.attrs["grid"])
     if "split" in params:
         counts = check_serves(
-            ds, params["variables"], params["split"], params["lags"], params["leads"], name
+            ds, params["variables"], params["split"], params["lags"], params["leads"], name, axis
         )
         log.info("%s: %s, samples per split %s", name, dict(ds.sizes), counts)
     return refusing_inf(ds, name)
 
 
-def check_config_against_file(config: dict) -> dict[str, int]:
+class FileCheck(NamedTuple):
+    counts: dict[str, int]  # samples per split
+    climatology: str  # preprocess.climatology, ``auto`` resolved for the file's frequency
+
+
+def check_config_against_file(config: dict) -> FileCheck:
     """Before any job runs: can the configured file(s) serve the split, lags, leads,
     climatology and models?
 
@@ -294,17 +317,12 @@ def check_config_against_file(config: dict) -> dict[str, int]:
     ing = config["ingest"]
     ds, name = open_canonical(ing["path"], variables, ing["rename"], ing["select"], ing["group"])
     f, pre = config["features"], config["preprocess"]
-    counts = check_serves(ds, variables, pre["split"], f["lags"], f["leads"], name)
     axis = check_raw(ds, variables, name)
-    climatology_for(pre["climatology"], axis.resolution, f"{name} ({axis.frequency} steps)")
+    counts = check_serves(ds, variables, pre["split"], f["lags"], f["leads"], name, axis)
+    kind = climatology_for(pre["climatology"], axis.resolution, f"{name} ({axis.frequency} steps)")
     if "unet" in config["train"]["models"]:
-        depth, c = config["models"]["unet"]["depth"], pre["coarsen"]
-        n_lat, n_lon = ds.sizes["lat"] // c, ds.sizes["lon"] // c
-        problem = unet_grid_problem(depth, n_lat, n_lon)
-        if problem:
-            raise DatasetError(
-                f"models.unet.depth: {depth} {problem} ({name} after preprocess.coarsen {c}); "
-                "lower models.unet.depth, change preprocess.coarsen or drop unet from "
-                "train.models"
-            )
-    return counts
+        from hpcpipe.config import unet_problems
+
+        if problems := unet_problems(config, ds.sizes["lat"], ds.sizes["lon"], name):
+            raise DatasetError(problems[0])
+    return FileCheck(counts, kind)

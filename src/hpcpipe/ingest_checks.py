@@ -128,8 +128,6 @@ def training_period_problems(
     current (ingested with ``params``, the rule's params); nothing to say otherwise."""
     import os
 
-    from hpcpipe.splits import split_indices
-
     if not os.path.isdir(raw_path):
         return []
     try:
@@ -137,18 +135,26 @@ def training_period_problems(
     except Exception:  # a damaged store is ingested again
         return []
     if raw.attrs.get("params") != params:
-        return []  # ingest runs again first
-    t0, t1 = split_indices(raw, {"train": split["train"]}, raw_path)["train"]
+        return []  # ingest runs again first, and the check_raw rule after it
+    return raw_problems(raw, split, variables, raw_path)
+
+
+def raw_problems(raw: xr.Dataset, split: dict, variables: list[str], path: str) -> list[str]:
+    """A field of the raw store ``raw`` (at ``path``) all NaN or constant over the training
+    period, from the per-step summary that ingest recorded."""
+    from hpcpipe.splits import split_indices
+
+    t0, t1 = split_indices(raw, {"train": split["train"]}, path)["train"]
     period = f"preprocess.split.train {split['train'][0]}..{split['train'][1]}"
+    source = raw.attrs.get("source", path)
     problems = []
     for v in variables:
         if FINITE.format(v) not in raw.coords:
             continue
         if not raw[FINITE.format(v)].values[t0:t1].any():
-            problems.append(f"{raw.attrs.get('source', raw_path)}: variable {v!r} is all NaN "
-                            f"over the training period ({period})")  # fmt: skip
+            problems.append(f"{source}: variable {v!r} is all NaN over the training period "
+                            f"({period})")  # fmt: skip
         elif t1 - t0 > 1 and raw[REPEATED.format(v)].values[t0 + 1 : t1].all():
-            problems.append(f"{raw.attrs.get('source', raw_path)}: variable {v!r} is constant "
-                            f"over the training period ({period}); preprocess could not "
-                            "normalise it")  # fmt: skip
+            problems.append(f"{source}: variable {v!r} is constant over the training period "
+                            f"({period}); preprocess could not normalise it")  # fmt: skip
     return problems

@@ -206,6 +206,20 @@ def _normalisation(
     return mean, std
 
 
+def _coarsened_kind(raw: xr.Dataset, coarsen: int) -> str:
+    """The grid kind after coarsening: a global grid whose longitudes do not divide by the
+    factor loses its last columns ("trim"), and the gap they leave is no longer periodic."""
+    n_lon = raw.sizes["lon"]
+    if grid.kind(raw) == "global" and n_lon % coarsen:
+        log.warning(
+            "preprocess.coarsen %d trims %d of %d longitudes off the global grid, which is "
+            "regional from here (zero padding at its edges); a factor dividing %d keeps it "
+            "global", coarsen, n_lon % coarsen, n_lon, n_lon,
+        )  # fmt: skip
+        return "regional"
+    return grid.kind(raw)
+
+
 def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dict]:
     """The preprocessed dataset (lazy where large) and the stats for stats.json."""
     variables = params["variables"]
@@ -229,7 +243,7 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
             "std": ("variable", std.astype(np.float64)),
         },
         coords={"split": ("time", splits.labels(x.sizes["time"], bounds))},
-        attrs={**axis.attrs(), "grid": grid.kind(raw)},
+        attrs={**axis.attrs(), "grid": _coarsened_kind(raw, params["coarsen"])},
     )
     out["anomaly"].attrs = {"long_name": "normalised anomaly", "units": "1"}
     out["climatology"].attrs = {"long_name": f"{kind} climatology of the training period"}

@@ -17,7 +17,7 @@ import os
 import platform
 import subprocess
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -125,8 +125,12 @@ def write_manifests(
     outputs: Iterable[str | os.PathLike[str]],
     started: dt.datetime,
     resources: dict[str, Any] | None = None,
+    job: dict[str, Any] | None = None,
 ) -> dict:
-    """Write one manifest next to each output (all alike: they list every output)."""
+    """Write one manifest next to each output (all alike: they list every output).
+
+    ``job``: the Snakemake rule and wildcards, and what the step asked for and used
+    (``requested``, ``usage``: :mod:`hpcpipe.usage`)."""
     params_json = json.dumps(params, sort_keys=True, separators=(",", ":"))
     src = str(Path(__file__).resolve().parent)
     manifest = {
@@ -142,6 +146,7 @@ def write_manifests(
         "resources": resources,
         "started": started.isoformat(timespec="seconds"),
         "ended": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **(job or {}),
     }
     for out in manifest["outputs"]:
         write_json(manifest_path(out), manifest)
@@ -222,3 +227,24 @@ def describe(output: str | os.PathLike[str]) -> str:
             f"hpcpipe {data['hpcpipe']['version']} ({git[:10]}{dirty}), params {data['params_sha256'][:12]}"
         )
     return "\n".join(lines)
+
+
+def manifests(root: str | os.PathLike[str] = ".") -> Iterator[dict[str, Any]]:
+    """Every output manifest under ``root``, once per step run (a run lists all its outputs).
+
+    Hidden directories (.snakemake, .checkpoints) and outputs themselves (a Zarr store
+    has thousands of chunk files, never a manifest) are not walked into.
+    """
+    seen: set[tuple[str, ...]] = set()
+    for here, dirs, files in os.walk(root):
+        names = set(files)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d + SUFFIX not in names]
+        for name in sorted(f for f in files if f.endswith(SUFFIX)):
+            try:
+                data = json.loads((Path(here) / name).read_text())
+            except (OSError, ValueError):
+                continue
+            key = tuple(sorted(data.get("outputs", {})))
+            if key not in seen:
+                seen.add(key)
+                yield data

@@ -77,6 +77,7 @@ def run_generate(ns: argparse.Namespace) -> None:
 def run_ingest(ns: argparse.Namespace) -> None:
     from hpcpipe.chunking import raw_chunks
     from hpcpipe.config import as_json
+    from hpcpipe.fingerprint import records
     from hpcpipe.ingest import DatasetError, ingest
     from hpcpipe.ingest_checks import with_step_summary
 
@@ -85,6 +86,8 @@ def run_ingest(ns: argparse.Namespace) -> None:
     # that tell it whether this store is current.
     ds = with_step_summary(ds, ns.params["variables"])
     ds.attrs["params"] = as_json(ns.params)
+    # What the next plan compares the inputs against (hpcpipe.fingerprint)
+    ds.attrs["inputs"] = records(ns.input, ns.params.get("inputs", {}))
     try:
         _write(ds, ns.output, raw_chunks(ds))
     except DatasetError:  # found while reading (infinite values): named already
@@ -95,6 +98,20 @@ def run_ingest(ns: argparse.Namespace) -> None:
             f"{', '.join(ns.input)}: reading the data failed ({type(exc).__name__}: {exc}); "
             "a corrupt chunk or a truncated file?"
         ) from exc
+
+
+def run_check_raw(ns: argparse.Namespace) -> None:
+    from hpcpipe.atomic import write_json
+    from hpcpipe.contracts import DatasetError
+    from hpcpipe.ingest_checks import raw_problems
+    from hpcpipe.store import open_store
+
+    p = ns.params
+    if problems := raw_problems(open_store(ns.input, "raw data"), p["split"], p["variables"],
+                                ns.input):  # fmt: skip
+        raise DatasetError("; ".join(problems))
+    log.info("%s: every variable varies over the training period", ns.input)
+    write_json(ns.output, {"checked": p})
 
 
 def run_preprocess(ns: argparse.Namespace) -> None:
@@ -193,6 +210,12 @@ STEPS: tuple[Step, ...] = (
             _in("--input", "a NetCDF file or Zarr store, or several in time order", many=True),
             _out("--output"),
         ),
+    ),
+    Step(
+        "check-raw",
+        "refuse a variable all NaN or constant over the training period, before preprocess",
+        run_check_raw,
+        (_in("--input"), _out("--output", "a JSON record of what was checked")),
     ),
     Step(
         "preprocess",

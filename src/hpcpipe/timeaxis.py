@@ -193,6 +193,20 @@ def _shift(t: Any, axis: TimeAxis, sign: int) -> tuple[int, ...]:
     return _fields(t + sign * axis.step)
 
 
+def _whole_days(times: Any, axis: TimeAxis) -> str:
+    """For sub-daily data, which dates a split may start and end at: splits take whole days,
+    and data that start or end mid-day cover their first or last day only in part."""
+    if axis.resolution != "subdaily":
+        return ""
+    midnight = (0, 0, 0)
+    first = next((t for t in times if _fields(t)[3:] == midnight), None)
+    last = next((t for t in reversed(times) if _fields(t + axis.step)[3:] == midnight), None)
+    if first is None or last is None:
+        return ""
+    day = "{:04d}-{:02d}-{:02d}".format
+    return f"; splits take whole days: from {day(*_fields(first)[:3])} to {day(*_fields(last)[:3])}"
+
+
 def period_problems(times: Any, axis: TimeAxis, split: dict, where: str) -> list[str]:
     """Split periods that run past the data: the period holds the time one step before the
     first or one step after the last, where the data have nothing."""
@@ -205,5 +219,6 @@ def period_problems(times: Any, axis: TimeAxis, split: dict, where: str) -> list
             problems.append(
                 f"{where}: preprocess.split.{part} ({start}..{end}) runs past the data, "
                 f"which cover {times[0]}..{times[-1]} ({axis.frequency} steps)"
+                + _whole_days(times, axis)
             )
     return problems

@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 from hpcpipe import cli
-from hpcpipe.fingerprint import fingerprint
+from hpcpipe.fingerprint import VERIFIED, records, tokens
 from hpcpipe.preprocess import climatology
 from hpcpipe.runtime.dask.common import DaskClusterError
 from hpcpipe.runtime.dask.settings import check_environment
@@ -52,23 +52,38 @@ def test_provenance_of_a_missing_path_exits_non_zero(tmp_path: Path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
 
 
-def test_the_fingerprint_sees_content_replaced_with_the_old_mtime(tmp_path: Path):
+def _ingested(raw: Path, paths: list[str]) -> dict[str, str]:
+    """The tokens a plan gives ``paths`` now, recorded as an ingest under them would."""
+    toks = tokens(paths, str(raw))
+    raw.mkdir(exist_ok=True)
+    (raw / ".zattrs").write_text(json.dumps({"inputs": records(paths, toks)}))
+    return toks
+
+
+def test_the_fingerprint_sees_content_replaced_with_the_old_mtime(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the verified ctimes go to .snakemake/ here
+    raw = tmp_path / "raw.zarr"
     f = tmp_path / "data.nc"
     f.write_bytes(b"a" * 100)
     store = tmp_path / "data.zarr"
     (store / "x").mkdir(parents=True)
     (store / "x" / "0").write_bytes(b"chunk")
-    before, before_store = fingerprint(str(f)), fingerprint([str(store)])
-    assert fingerprint(str(f)) == before  # stable while nothing changes
+    paths = [str(f), str(store)]
+    before = _ingested(raw, paths)
+    assert tokens(paths, str(raw)) == before  # stable after ingest recorded them
     st = f.stat()
     f.write_bytes(b"b" * 100)  # same size, then the old mtime put back
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert f.stat().st_mtime_ns == st.st_mtime_ns and fingerprint(str(f)) != before
-    (store / "x" / "0").write_bytes(b"other")
-    assert fingerprint([str(store)]) != before_store
-    after = fingerprint(str(f))
-    f.chmod(0o600)  # metadata only: no rerun
-    assert fingerprint(str(f)) == after
+    assert f.stat().st_mtime_ns == st.st_mtime_ns
+    changed = tokens(paths, str(raw))
+    assert changed[str(f)] != before[str(f)] and changed[str(store)] == before[str(store)]
+    after = _ingested(raw, paths)  # ingest ran again under the new token
+    assert after == changed and tokens(paths, str(raw)) == after
+    f.chmod(0o600)  # metadata only: the content is read once, the token stays
+    assert tokens(paths, str(raw)) == after
+    assert json.loads((tmp_path / VERIFIED).read_text())[str(f)]
+    (store / "x" / "0").write_bytes(b"other")  # a chunk rewritten: its mtime moved
+    assert tokens(paths, str(raw))[str(store)] != after[str(store)]
 
 
 def test_the_hour_of_day_climatology_keeps_the_diurnal_cycle_out():

@@ -43,6 +43,12 @@ def test_coarsen_and_masked_points(split: dict):
     assert_matches_reference(out.load(), reference_preprocess(raw, p), raw)
 
 
+def test_coarsening_that_trims_a_global_grid_makes_it_regional(split: dict):
+    raw = make_raw()  # 8 x 16, global
+    assert preprocess(raw, params(split, coarsen=2))[0].attrs["grid"] == "global"
+    assert preprocess(raw, params(split, coarsen=3))[0].attrs["grid"] == "regional"
+
+
 # --- against the independent reference (testdata.reference_preprocess) -------------------------
 #
 # Four years of data (2000-2003) with masked points, three calendars, and splits chosen so that

@@ -87,6 +87,14 @@ def test_a_period_past_the_data_is_named():
     assert period_problems(daily, d_axis, {"val": ["2000-01-01", "2000-01-11"]}, "f.nc")
 
 
+def test_sub_daily_data_starting_mid_day_name_the_whole_days():
+    times = pd.date_range("2000-01-01T12:00", periods=4 * 30, freq="6h")  # .. 01-31 06:00
+    axis = infer(times, "f.nc")
+    (problem,) = period_problems(times, axis, {"train": ["2000-01-01", "2000-01-20"]}, "f.nc")
+    assert "splits take whole days: from 2000-01-02 to 2000-01-30" in problem
+    assert period_problems(times, axis, {"train": ["2000-01-02", "2000-01-30"]}, "f.nc") == []
+
+
 def test_hour_of_day_periods():
     time = xr.DataArray(_times("6h", "noleap", n=8), dims="time")
     hours = hours_of_day(time)

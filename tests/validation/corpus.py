@@ -96,7 +96,7 @@ CONFIG_CASES: list[Case] = [
     config_case("even_kernel_size", {"models": {"cnn": {"kernel_size": 4}}},
                 "models.cnn.kernel_size", "4 is not one of"),
     config_case("unet_too_deep_for_the_grid", {"models": {"unet": {"depth": 5}}},
-                "models.unet.depth", "to divide by 32"),
+                "models.unet.depth", "divisible by 2**5=32", "dataset.builtin.n_lat x n_lon"),
     # impossible splits, leads longer than the data
     config_case("splits_overlap", {"preprocess": {"split": {"val": ["2000-12-01", "2001-02-28"]}}},
                 "preprocess.split", "periods train and val overlap"),
@@ -259,6 +259,16 @@ def _monthly_dayofyear(d: Path) -> dict[str, Any]:
     return overlay
 
 
+def _month_gap(d: Path) -> dict[str, Any]:
+    ds = make_raw().resample(time="MS").mean()
+    ds.isel(time=[*range(10), *range(12, ds.sizes["time"])]).to_netcdf(d / "monthly.nc")
+    overlay = file_overlay(d / "monthly.nc", features={"leads": [1], "lags": [0]})
+    overlay["preprocess"]["split"] = {"train": ["2000-01-01", "2000-12-31"],
+                                      "val": ["2001-01-01", "2001-03-31"],
+                                      "test": ["2001-04-01", "2001-06-30"]}  # fmt: skip
+    return overlay
+
+
 def _zarr(path: Path) -> None:
     make_raw().chunk(time=100).to_zarr(path, zarr_format=2)
 
@@ -347,6 +357,14 @@ DATASET_CASES: list[Case] = [
     Case("variables_in_a_netcdf4_group", _single_file(_grouped),
          ("{dir}/data.nc: its variables are in NetCDF4/Zarr groups ['era5']",
           "ingest.group")),
+    Case("gap_in_monthly_times", _month_gap,
+         ("{dir}/monthly.nc: a gap in time after 2000-10-01", "2 step(s) are missing",
+          "the first in 2000-11")),
+    Case("group_not_in_the_file", _single_file(_grouped, ingest={"group": "era6"}),
+         ("{dir}/data.nc: has no group 'era6' (ingest.group); its groups: ['era5']",)),
+    Case("select_on_a_dimension_not_in_the_file",
+         _single_file(_levels, ingest={"select": {"plev": 500}}),
+         ("{dir}/data.nc: ingest.select.plev: the file has no dimension 'plev'",)),
     Case("level_not_in_the_file",
          _single_file(_levels, ingest={"select": {"level": 300}}),
          ("{dir}/data.nc: ingest.select.level: 300 is not one of its values [500, 850]",)),

@@ -115,3 +115,22 @@ def test_the_sub_daily_climatology_has_no_diurnal_cycle_left(runs: dict[str, Pat
     rmse = float(summary["rmse_climatology"].iloc[0])
     assert rmse < 0.3 * DIURNAL_AMPLITUDE, rmse
     assert float(summary["rmse_model"].iloc[0]) < rmse
+
+
+def test_a_constant_field_after_a_new_ingest_keeps_the_previous_results(runs: dict[str, Path]):
+    """The check between ingest and preprocess (rule check_raw) refuses a training period
+    that the plan could not check (the raw store was stale): preprocess never starts, so
+    Snakemake never removes the previous preprocessed store."""
+    wd = runs["monthly_noleap"]
+    config = yaml.safe_load((wd / "config" / "config.yaml").read_text())
+    src, var = Path(config["ingest"]["path"]), config["dataset"]["variables"][0]
+    before = xr.open_zarr(wd / "results" / "preprocessed.zarr").load()
+    with xr.open_dataset(src) as f:
+        ds = f.load()
+    ds[var][:] = 1.0
+    ds.to_netcdf(src)
+    proc = snakemake(wd, "--cores", "1", TARGETS["monthly_noleap"], check=False)
+    assert proc.returncode != 0
+    assert f"variable {var!r} is constant over the training period" in proc.stdout + proc.stderr
+    assert "rule preprocess" not in proc.stdout + proc.stderr
+    xr.testing.assert_identical(xr.open_zarr(wd / "results" / "preprocessed.zarr").load(), before)

@@ -3,9 +3,10 @@ import os
 
 from hpcpipe.config import as_json, validate
 from hpcpipe.config_checks import check_duplicate_keys
-from hpcpipe.fingerprint import fingerprint
+from hpcpipe.fingerprint import tokens as input_tokens
 from hpcpipe.runtime.dask.settings import DaskClusterError, check_environment
 from hpcpipe.sweep import SweepError, plan, spec
+from hpcpipe.timeaxis import climatology_for
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
 try:
@@ -17,7 +18,10 @@ try:
         # imported here: xarray takes a second, and Snakemake parses this file in every job
         from hpcpipe.ingest import check_config_against_file
 
-        check_config_against_file(config)
+        # preprocess.climatology with `auto` resolved: params hold the climatology used
+        CLIMATOLOGY = check_config_against_file(config).climatology
+    else:
+        CLIMATOLOGY = climatology_for(config["preprocess"]["climatology"], "daily")
 # ConfigError, DatasetError, the Dask settings
 except (ValueError, DaskClusterError) as exc:
     raise WorkflowError(str(exc)) from None
@@ -29,6 +33,7 @@ except (ValueError, DaskClusterError) as exc:
 # (Set here, never read: a SLURM job parses this file again and sets it from the same config.)
 os.environ.update(HPCPIPE_DASK=as_json(config.get("dask", {})))
 
+RAW = "data/raw.zarr"  # generated or ingested
 MODELS = config["train"]["models"]
 SEEDS = config["train"]["seeds"]
 VARIABLES = config["dataset"]["variables"]
@@ -63,12 +68,17 @@ wildcard_constraints:
 # Resource tiers (like nf-core labels): one place for sizes. Memory and runtime grow
 # with each retry (attempt), so a job killed for lack of either gets more next time.
 # Site words (partitions, accounts) are the profile's; a rule names only its tier.
+# With the runtime section `sizing: {from_usage: true}` (a profile's setting) a rule that
+# has run before asks for what it used instead, x headroom, within the partition's limits
+# (hpcpipe.sizing); a rule without history keeps its tier.
 TIERS = {
     "tiny": {"mem_mb": 1000, "runtime": 10, "threads": 1},
     "array": {"mem_mb": 4000, "runtime": 60, "threads": 2},
     "score": {"mem_mb": 4000, "runtime": 10, "threads": 1},
     "train": {"mem_mb": 4000, "runtime": 120, "threads": 1},
 }
+# Every rule's shell ends with the same arguments (hpcpipe.usage): its wildcards and what
+# it asked for (mem_mb, runtime), recorded next to what it used (`hpcpipe usage`).
 
 
 def tier_threads(name):
@@ -76,13 +86,21 @@ def tier_threads(name):
 
 
 def tier_resources(name, **extra):
-    """A tier's mem_mb and runtime, scaled by the attempt, plus the rule's own extras."""
-    tier = TIERS[name]
-    return {
-        "mem_mb": lambda wildcards, attempt: tier["mem_mb"] * attempt,
-        "runtime": lambda wildcards, attempt: tier["runtime"] * attempt,
-        **extra,
-    }
+    """A tier's mem_mb and runtime (or those sized from usage), scaled by the attempt, plus
+    the rule's own extras."""
+    from hpcpipe.sizing import partition_of, sized
+
+    def size(resource):
+        def value(wildcards, attempt, rulename):
+            part = partition_of(workflow.resource_settings, rulename)
+            tier = TIERS[name][resource]
+            return sized(
+                config.get("sizing"), rulename, wildcards, resource, tier, attempt, part
+            )
+
+        return value
+
+    return {"mem_mb": size("mem_mb"), "runtime": size("runtime"), **extra}
 
 
 def conda_env(stage):
@@ -98,9 +116,10 @@ def data_params():
             {"builtin": config["dataset"]["builtin"], "variables": VARIABLES}
         )
     ingest = {k: config["ingest"][k] for k in ("rename", "select", "group")}
-    # size, mtime, inode and ctime of every input file: a file replaced with its old mtime
-    # kept still reruns ingest (hpcpipe.fingerprint)
-    ingest["fingerprint"] = fingerprint(config["ingest"]["path"])
+    # A token per input path from its size, mtime and inode, and its content checksum when
+    # its ctime moved: a file replaced with its old mtime kept still reruns ingest
+    # (hpcpipe.fingerprint; ingest records them in the raw store)
+    ingest["inputs"] = input_tokens(config["ingest"]["path"], RAW)
     return as_json({**ingest, "variables": VARIABLES})
 
 
@@ -111,14 +130,20 @@ if config["dataset"]["source"] == "file":
     from hpcpipe.ingest_checks import training_period_problems
 
     _problems = training_period_problems(
-        "data/raw.zarr", data_params(), config["preprocess"]["split"], VARIABLES
+        RAW, data_params(), config["preprocess"]["split"], VARIABLES
     )
     if _problems:
         raise WorkflowError("; ".join(_problems))
 
 
+def check_raw_params():
+    return as_json({"variables": VARIABLES, "split": config["preprocess"]["split"]})
+
+
 def preprocess_params():
-    return as_json({"variables": VARIABLES, **config["preprocess"]})
+    return as_json(
+        {"variables": VARIABLES, **config["preprocess"], "climatology": CLIMATOLOGY}
+    )
 
 
 def thresholds_params():

@@ -3,7 +3,7 @@ if config["dataset"]["source"] == "builtin":
 
     rule generate:
         output:
-            directory("data/raw.zarr"),
+            directory(RAW),
         log:
             "logs/generate.log",
         conda:
@@ -16,8 +16,10 @@ if config["dataset"]["source"] == "builtin":
         shell:
             "hpcpipe generate --params {params.cfg:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
     RAW_STORE = rules.generate.output[0]
+    RAW_CHECKED = []  # generated fields vary over any period
 
 else:
 
@@ -25,7 +27,7 @@ else:
         input:
             config["ingest"]["path"],
         output:
-            directory("data/raw.zarr"),
+            directory(RAW),
         log:
             "logs/ingest.log",
         conda:
@@ -38,5 +40,31 @@ else:
         shell:
             "hpcpipe ingest --params {params.cfg:q} --input {input:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
     RAW_STORE = rules.ingest.output[0]
+
+    # Its own job between ingest and preprocess: a variable all NaN or constant over the
+    # training period fails here, before Snakemake removes the previous preprocessed store
+    # to run preprocess again. (When the raw store is current, common.smk refuses it even
+    # before any job.)
+    rule check_raw:
+        input:
+            RAW_STORE,
+        output:
+            "data/raw.checked.json",
+        log:
+            "logs/check_raw.log",
+        conda:
+            conda_env("data")
+        threads: tier_threads("tiny")
+        resources:
+            **tier_resources("tiny"),
+        params:
+            cfg=check_raw_params(),
+        shell:
+            "hpcpipe check-raw --params {params.cfg:q} --input {input:q} --output {output:q} "
+            "--threads {threads} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
+
+    RAW_CHECKED = rules.check_raw.output

@@ -46,6 +46,7 @@ rule evaluate:
         "--preprocessed {input.preprocessed:q} --thresholds {input.thresholds:q} "
         "--metrics {output.metrics:q} --table {output.table:q} --skill {output.skill:q} "
         "--maps {output.maps:q} --loss {output.loss:q} --threads {threads} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
 
 rule summary:
@@ -80,6 +81,7 @@ rule summary:
         "hpcpipe summary --metrics {input:q} --output-csv {output.table:q} "
         "--output-png {output.chart:q} --title {params.title:q} "
         "--provenance {output.provenance:q} --landing {output.landing:q} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
 
 if config["sweep"] is not None:
@@ -117,6 +119,7 @@ if config["sweep"] is not None:
             "hpcpipe leaderboard --runs {params.runs:q} --metrics-pattern {params.pattern:q} "
             "--output-csv {output.table:q} --output-png {output.chart:q} "
             "--output-rst {output.page:q} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
 
 # what rule all asks for beyond the summary: the leaderboard, in a sweep

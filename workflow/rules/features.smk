@@ -17,3 +17,4 @@ rule features:
     shell:
         "hpcpipe features --params {params.cfg:q} --input {input:q} --train {output.train:q} "
         "--val {output.val:q} --test {output.test:q} --threads {threads} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"

@@ -1,6 +1,7 @@
 rule preprocess:
     input:
-        RAW_STORE,
+        raw=RAW_STORE,
+        checked=RAW_CHECKED,
     output:
         store=directory("results/preprocessed.zarr"),
         stats="results/stats.json",
@@ -14,8 +15,9 @@ rule preprocess:
     params:
         cfg=preprocess_params(),
     shell:
-        "hpcpipe preprocess --params {params.cfg:q} --input {input:q} "
+        "hpcpipe preprocess --params {params.cfg:q} --input {input.raw:q} "
         "--output {output.store:q} --stats {output.stats:q} --threads {threads} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
 
 
 rule thresholds:
@@ -35,3 +37,4 @@ rule thresholds:
     shell:
         "hpcpipe thresholds --params {params.cfg:q} --input {input:q} --output {output:q} "
         "--threads {threads} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"

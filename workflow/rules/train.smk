@@ -24,3 +24,4 @@ rule train:
         "--seed {wildcards.seed:q} --output {output.model:q} --history {output.history:q} "
         "--threads {threads} --log {log:q} "
         "--checkpoints .checkpoints/{wildcards.model:q}/{wildcards.seed:q}{wildcards.point:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
