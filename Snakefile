@@ -28,6 +28,7 @@ rule all:
         rules.summary.output.table,
         rules.summary.output.chart,
         rules.usage.output.table,
+        SWEEP_RESULTS,
 
 
 onsuccess:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import itertools
 import json
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ class ConfigError(ValueError):
     """The config breaks the schema or a cross-key rule; the message lists every problem."""
 
 
+@functools.cache  # a new class per call cost a third of a validation (sweeps validate often)
 def _with_defaults(cls: type[jsonschema.protocols.Validator]) -> type:
     validate_properties = cls.VALIDATORS["properties"]
 

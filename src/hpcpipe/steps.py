@@ -180,6 +180,18 @@ def run_summary(ns: argparse.Namespace) -> None:
         write_text(ns.provenance, "\n\n".join(describe(p) for p in ns.metrics) + "\n")
 
 
+def run_leaderboard(ns: argparse.Namespace) -> None:
+    import json
+
+    from hpcpipe.evaluate.leaderboard import write
+    from hpcpipe.sweep import runs_of_spec, swept_keys
+
+    runs = runs_of_spec(ns.runs)
+    paths = [Path(r.path(ns.metrics_pattern)) for r in runs]
+    keys = swept_keys(json.loads(ns.runs)["sweep"])
+    write(runs, paths, keys, Path(ns.output_csv), Path(ns.output_png), Path(ns.output_rst))
+
+
 def _in(flag: str, help: str = "", many: bool = False) -> Arg:
     return Arg(flag, "input", help, many=many)
 
@@ -285,6 +297,19 @@ STEPS: tuple[Step, ...] = (
                 "the report's landing page (reStructuredText): the headline table and the chart",
                 required=False,
             ),
+        ),
+    ),
+    Step(
+        "leaderboard",
+        "a sweep's runs ranked by validation loss: CSV, chart, report page",
+        run_leaderboard,
+        (
+            Arg("--runs", "option", "models, seeds and sweep (JSON; hpcpipe.sweep.spec)"),
+            # a pattern, not 10,000 paths: one shell argument is at most 128 KB on Linux
+            Arg("--metrics-pattern", "option", "metrics.json of a run: {model}, {seed}, {point}"),
+            _out("--output-csv"),
+            _out("--output-png"),
+            _out("--output-rst", "the report's sweep page (reStructuredText)"),
         ),
     ),
 )

@@ -1,7 +1,7 @@
 """The hpcpipe-slurm executor: snakemake-executor-plugin-slurm, tuned for short steps.
 
 Everything (settings, submission) is the upstream plugin's, with its settings spelled
-`--hpcpipe-slurm-...` instead of `--slurm-...`, and five changes:
+`--hpcpipe-slurm-...` instead of `--slurm-...`, and six changes:
 
 - `max-status-check-seconds` caps the wait between status checks. Upstream (2.8) waits 10 s
   longer after every round in which no job finished, up to 180 s, and no setting changes that:
@@ -17,6 +17,9 @@ Everything (settings, submission) is the upstream plugin's, with its settings sp
   or was preempted is resubmitted (with attempt-scaled resources); a job that failed with an
   error (exit status) or was cancelled by someone is not, since the retry would fail the same
   way or undo the cancellation.
+- Job arrays (`array-jobs`: rule or group names, or `all`) also of group jobs, each task
+  running its own command (arrays.py); upstream arrays only rules, and its tasks would all
+  run the first task's command under this plugin's local executor.
 - A retried group job runs only its members that have not finished: upstream reruns the whole
   group (`--force`), recomputing steps that completed before the job was killed. Finished
   members keep their outputs because the profile sets `keep-incomplete` (safe: every hpcpipe
@@ -31,6 +34,8 @@ from typing import Optional
 from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
 from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmExecutorSettings
 from snakemake_executor_plugin_slurm import common_settings  # noqa: F401  (the plugin API)
+
+from snakemake_executor_plugin_hpcpipe_slurm import arrays
 
 
 @dataclass
@@ -58,6 +63,22 @@ class ExecutorSettings(SlurmExecutorSettings):
 
 
 class Executor(SlurmExecutor):
+    def __post_init__(self, *args, **kwargs):
+        super().__post_init__(*args, **kwargs)
+        # Arrays are ours (arrays.py): of rules and of groups, each task running its own
+        # command with the local executor. Upstream's (rules only, tasks through its
+        # jobstep executor) would run every task as the first one under `--executor local`.
+        self.hpcpipe_arrays, self.array_jobs = self.array_jobs, set()
+
+    def run_jobs(self, jobs: list) -> None:
+        batches, rest = arrays.batches(jobs, self.hpcpipe_arrays)
+        for batch in batches:
+            for job in batch:
+                self.run_job_pre(job)
+            self._job_submission_executor.submit(arrays.submit, self, batch, self.max_array_size)
+        if rest:
+            super().run_jobs(rest)
+
     async def check_active_jobs(self, active_jobs: list) -> AsyncGenerator:
         async for job in super().check_active_jobs(active_jobs):
             yield job

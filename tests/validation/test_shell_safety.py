@@ -118,7 +118,7 @@ SHELL_FIELDS = {
     "train": [
         "resources.tasks", "params.cfg:q", "input.train:q", "input.val:q", "wildcards.model:q",
         "wildcards.seed:q", "output.model:q", "output.history:q", "threads", "log:q",
-        "wildcards.model:q", "wildcards.seed:q",
+        "wildcards.model:q", "wildcards.seed:q", "wildcards.point:q",
     ],
     "evaluate": [
         "params.cfg:q", "input.model:q", "input.history:q", "input.features:q",
@@ -128,6 +128,10 @@ SHELL_FIELDS = {
     "summary": [
         "input:q", "output.table:q", "output.chart:q", "params.title:q", "output.provenance:q",
         "output.landing:q", "log:q",
+    ],
+    "leaderboard": [
+        "params.runs:q", "params.pattern:q", "output.table:q", "output.chart:q",
+        "output.page:q", "log:q",
     ],
 }  # fmt: skip
 # Numbers Snakemake itself makes, and a wildcard its constraint limits to digits.

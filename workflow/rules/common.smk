@@ -5,6 +5,7 @@ from hpcpipe.config import as_json, validate
 from hpcpipe.config_checks import check_duplicate_keys
 from hpcpipe.fingerprint import tokens as input_tokens
 from hpcpipe.runtime.dask.settings import DaskClusterError, check_environment
+from hpcpipe.sweep import SweepError, plan, spec
 from hpcpipe.timeaxis import climatology_for
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
@@ -37,6 +38,23 @@ MODELS = config["train"]["models"]
 SEEDS = config["train"]["seeds"]
 VARIABLES = config["dataset"]["variables"]
 
+# The training fan-out, models x seeds x sweep points (hpcpipe.sweep): (model, run dir) ->
+# (run, its train params), checked and made once here, so each job's params are a lookup.
+try:
+    RUNS = plan(config)
+except SweepError as exc:
+    raise WorkflowError(str(exc)) from None
+RUN_WILDCARDS = {
+    "model": [r.model for r, _ in RUNS.values()],
+    "seed": [r.seed for r, _ in RUNS.values()],
+    "point": [f"-{r.point}" if r.point else "" for r, _ in RUNS.values()],
+}
+
+
+def run_outputs(pattern):
+    """A per-run output pattern, for every run (summary inputs)."""
+    return expand(pattern, zip, **RUN_WILDCARDS)
+
 
 # Wildcards become paths and command-line arguments: a target asked for on the command line
 # (snakemake 'results/eval/<anything>/0/metrics.json') must not smuggle in a path separator
@@ -44,6 +62,7 @@ VARIABLES = config["dataset"]["variables"]
 wildcard_constraints:
     model=r"[A-Za-z_][A-Za-z0-9_]*",
     seed=r"[0-9]+",
+    point=r"(-[0-9a-f]{10})?",  # empty outside a sweep: results/models/{model}/{seed}/
 
 
 # Resource tiers (like nf-core labels): one place for sizes. Memory and runtime grow
@@ -136,14 +155,15 @@ def features_params():
 
 
 def train_params(wildcards):
-    # Without the lists of models and seeds: adding a seed must not retrain the others.
-    if wildcards.model not in MODELS:  # a target asked for by path, for another model
+    # Per run, without the lists of models and seeds: adding a seed or a sweep point must
+    # not retrain the others (hpcpipe.sweep.train_params).
+    found = RUNS.get((wildcards.model, wildcards.seed + wildcards.point))
+    if found is None:  # a target asked for by path, for another model, seed or point
         raise WorkflowError(
-            f"model {wildcards.model!r} is not in train.models {MODELS}; add it there "
-            "(with its section under models) or ask for one of those"
+            f"{wildcards.model}/{wildcards.seed}{wildcards.point} is not a run of this config "
+            f"(train.models {MODELS}, train.seeds {SEEDS}, sweep); add it there or ask for one"
         )
-    train = {k: v for k, v in config["train"].items() if k not in ("models", "seeds")}
-    return as_json({"train": train, "model": config["models"][wildcards.model]})
+    return found[1]
 
 
 def evaluate_params():

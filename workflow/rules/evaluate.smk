@@ -6,33 +6,33 @@ rule evaluate:
         preprocessed=rules.preprocess.output.store,
         thresholds=rules.thresholds.output[0],
     output:
-        metrics="results/eval/{model}/{seed}/metrics.json",
+        metrics="results/eval/{model}/{seed}{point}/metrics.json",
         table=report(
-            "results/eval/{model}/{seed}/metrics.csv",
+            "results/eval/{model}/{seed}{point}/metrics.csv",
             caption="../report/metrics.rst",
             category="Evaluation",
-            subcategory="{model} seed {seed}",
+            subcategory="{model} seed {seed}{point}",
         ),
         skill=report(
-            "results/eval/{model}/{seed}/skill_vs_lead.png",
+            "results/eval/{model}/{seed}{point}/skill_vs_lead.png",
             caption="../report/skill_vs_lead.rst",
             category="Evaluation",
-            subcategory="{model} seed {seed}",
+            subcategory="{model} seed {seed}{point}",
         ),
         maps=report(
-            "results/eval/{model}/{seed}/error_maps.png",
+            "results/eval/{model}/{seed}{point}/error_maps.png",
             caption="../report/error_maps.rst",
             category="Evaluation",
-            subcategory="{model} seed {seed}",
+            subcategory="{model} seed {seed}{point}",
         ),
         loss=report(
-            "results/eval/{model}/{seed}/loss_curve.png",
+            "results/eval/{model}/{seed}{point}/loss_curve.png",
             caption="../report/loss_curve.rst",
             category="Training",
-            subcategory="{model} seed {seed}",
+            subcategory="{model} seed {seed}{point}",
         ),
     log:
-        "logs/evaluate/{model}/{seed}.log",
+        "logs/evaluate/{model}/{seed}{point}.log",
     conda:
         conda_env("evaluate")
     threads: tier_threads("score")
@@ -51,7 +51,7 @@ rule evaluate:
 
 rule summary:
     input:
-        expand(rules.evaluate.output.metrics, model=MODELS, seed=SEEDS),
+        run_outputs(rules.evaluate.output.metrics),
     output:
         table=report(
             "results/summary.csv", caption="../report/summary.rst", category="Summary"
@@ -82,3 +82,49 @@ rule summary:
         "--output-png {output.chart:q} --title {params.title:q} "
         "--provenance {output.provenance:q} --landing {output.landing:q} --log {log:q}"
         " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
+
+
+if config["sweep"] is not None:
+
+    # A sweep's runs ranked by validation loss (hpcpipe.evaluate.leaderboard). The runs
+    # reach the step as the sweep's spec and a path pattern, not as 10,000 paths.
+    rule leaderboard:
+        input:
+            run_outputs(rules.evaluate.output.metrics),
+        output:
+            table=report(
+                "results/leaderboard.csv",
+                caption="../report/leaderboard.rst",
+                category="Summary",
+            ),
+            chart=report(
+                "results/sweep.png",
+                caption="../report/sweep_chart.rst",
+                category="Summary",
+            ),
+            # included by workflow/report/workflow.rst in a sweep: the top runs and effects
+            page="results/sweep.rst",
+        log:
+            "logs/leaderboard.log",
+        conda:
+            conda_env("evaluate")
+        threads: tier_threads("tiny")
+        resources:
+            **tier_resources("tiny"),
+        params:
+            runs=spec(config),
+            # a function: a string with {wildcards} here would be expanded
+            pattern=lambda wildcards: str(rules.evaluate.output.metrics),
+        shell:
+            "hpcpipe leaderboard --runs {params.runs:q} --metrics-pattern {params.pattern:q} "
+            "--output-csv {output.table:q} --output-png {output.chart:q} "
+            "--output-rst {output.page:q} --log {log:q}"
+            " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
+
+
+# what rule all asks for beyond the summary: the leaderboard, in a sweep
+SWEEP_RESULTS = (
+    [rules.leaderboard.output.table, rules.leaderboard.output.chart]
+    if config["sweep"] is not None
+    else []
+)

@@ -7,10 +7,10 @@ rule train:
         train=rules.features.output.train,
         val=rules.features.output.val,
     output:
-        model="results/models/{model}/{seed}/model.pt",
-        history="results/models/{model}/{seed}/history.csv",
+        model="results/models/{model}/{seed}{point}/model.pt",
+        history="results/models/{model}/{seed}{point}/history.csv",
     log:
-        "logs/train/{model}/{seed}.log",
+        "logs/train/{model}/{seed}{point}.log",
     conda:
         conda_env("train")
     threads: tier_threads("train")
@@ -23,5 +23,5 @@ rule train:
         "--train {input.train:q} --val {input.val:q} --model {wildcards.model:q} "
         "--seed {wildcards.seed:q} --output {output.model:q} --history {output.history:q} "
         "--threads {threads} --log {log:q} "
-        "--checkpoints .checkpoints/{wildcards.model:q}/{wildcards.seed:q}"
+        "--checkpoints .checkpoints/{wildcards.model:q}/{wildcards.seed:q}{wildcards.point:q}"
         " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"

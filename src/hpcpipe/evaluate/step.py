@@ -70,7 +70,10 @@ def evaluate(
     result = evaluate_forecasts(pred_norm, test, pre, params)
 
     model_name, seed = _identity(model_path, meta, params)
-    result["metrics"] = {"model": model_name, "seed": seed, **result["metrics"]}
+    result["metrics"] = {
+        "model": model_name, "seed": seed, "val_loss": best_val_loss(history_path),
+        **result["metrics"],
+    }  # fmt: skip
     write_outputs(result, paths, history_csv=history_path)
     _log_headline(result["metrics"])
     return result["metrics"]
@@ -155,6 +158,21 @@ def _identity(model_path: Path, meta: dict, params: dict) -> tuple[str, Any]:
     if isinstance(seed, str) and seed.lstrip("-").isdigit():
         seed = int(seed)
     return str(name), seed
+
+
+def best_val_loss(history_csv: StrPath | None) -> float | None:
+    """The best epoch's validation loss (what a sweep ranks runs by; never the test scores).
+
+    Read with the csv module: pandas would cost more than the rest of this for one column.
+    """
+    import csv
+
+    if history_csv is None or not Path(history_csv).exists():
+        return None
+    with open(history_csv, newline="") as f:
+        losses = [float(row["val_loss"]) for row in csv.DictReader(f) if row.get("val_loss")]
+    finite = [x for x in losses if np.isfinite(x)]
+    return min(finite) if finite else None
 
 
 def _log_headline(m: dict) -> None:
