@@ -27,7 +27,7 @@ rule all:
     input:
         rules.summary.output.table,
         rules.summary.output.chart,
-        rules.usage.output.table,
+        rules.usage_table.output.table,
         SWEEP_RESULTS,
 
 

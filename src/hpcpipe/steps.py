@@ -192,6 +192,17 @@ def run_leaderboard(ns: argparse.Namespace) -> None:
     write(runs, paths, keys, Path(ns.output_csv), Path(ns.output_png), Path(ns.output_rst))
 
 
+def run_usage_table(ns: argparse.Namespace) -> None:
+    from hpcpipe.usage_report import rows, table, write_chart, write_csv
+
+    data = rows(".")  # every step's manifest in the workflow directory
+    if not data:  # steps made before usage was recorded
+        log.warning("no step has recorded its usage here; the table is empty")
+    log.info("usage of every step run:\n%s", table(data))
+    write_csv(data, ns.output_csv)
+    write_chart(data, ns.output_png)
+
+
 def _in(flag: str, help: str = "", many: bool = False) -> Arg:
     return Arg(flag, "input", help, many=many)
 
@@ -310,6 +321,16 @@ STEPS: tuple[Step, ...] = (
             _out("--output-csv"),
             _out("--output-png"),
             _out("--output-rst", "the report's sweep page (reStructuredText)"),
+        ),
+    ),
+    Step(
+        "usage-table",
+        "what every step asked for and used: a table and a chart (hpcpipe usage prints it)",
+        run_usage_table,
+        (
+            _in("--after", "an output of the last step (the summary table): run after it"),
+            _out("--output-csv"),
+            _out("--output-png"),
         ),
     ),
 )

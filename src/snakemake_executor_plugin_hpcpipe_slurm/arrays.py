@@ -81,7 +81,9 @@ def _submit_one(executor: Any, jobs: list[Any]) -> None:
     commands = [executor.format_job_exec(job) for job in jobs]
     if any("\n" in c for c in commands):
         raise ValueError("a job command spans lines; it cannot be an array task")
-    name = f"array-{executor.run_uuid}-{first.jobid}"
+    # The attempt too: a retried batch must not overwrite the file that tasks of the
+    # earlier array, still pending, read their commands from.
+    name = f"array-{executor.run_uuid}-{first.jobid}-{first.attempt}"
     commands_file = logdir / f"{name}.commands"
     commands_file.write_text("\n".join(commands) + "\n")
     script = logdir / f"{name}.sh"

@@ -1,7 +1,7 @@
 """The hpcpipe-slurm executor: snakemake-executor-plugin-slurm, tuned for short steps.
 
 Everything (settings, submission) is the upstream plugin's, with its settings spelled
-`--hpcpipe-slurm-...` instead of `--slurm-...`, and six changes:
+`--hpcpipe-slurm-...` instead of `--slurm-...`, and seven changes:
 
 - `max-status-check-seconds` caps the wait between status checks. Upstream (2.8) waits 10 s
   longer after every round in which no job finished, up to 180 s, and no setting changes that:
@@ -19,7 +19,8 @@ Everything (settings, submission) is the upstream plugin's, with its settings sp
   way or undo the cancellation.
 - Job arrays (`array-jobs`: rule or group names, or `all`) also of group jobs, each task
   running its own command (arrays.py); upstream arrays only rules, and its tasks would all
-  run the first task's command under this plugin's local executor.
+  run the first task's command under this plugin's local executor. The sacct status query
+  names tasks as squeue does (JobID, ``<array>_<task>``), so each task gets its own state.
 - A retried group job runs only its members that have not finished: upstream reruns the whole
   group (`--force`), recomputing steps that completed before the job was killed. Finished
   members keep their outputs because the profile sets `keep-incomplete` (safe: every hpcpipe
@@ -31,11 +32,25 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Optional
 
+import snakemake_executor_plugin_slurm as _upstream
 from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
 from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmExecutorSettings
 from snakemake_executor_plugin_slurm import common_settings  # noqa: F401  (the plugin API)
 
 from snakemake_executor_plugin_hpcpipe_slurm import arrays
+
+_upstream_sacct_query = _upstream.query_job_status_sacct
+
+
+def _sacct_query_by_task_id(runid: str) -> str:
+    """Upstream's sacct status query with JobID instead of JobIDRaw: JobID names an array
+    task ``<array>_<task>``, as this plugin tracks it (and as squeue prints it); JobIDRaw is
+    each task's own number, and upstream would then give every task the state of the one
+    task whose number is the array's."""
+    return _upstream_sacct_query(runid).replace("--format=JobIdRaw,State", "--format=JobID,State")
+
+
+_upstream.query_job_status_sacct = _sacct_query_by_task_id
 
 
 @dataclass
@@ -72,12 +87,13 @@ class Executor(SlurmExecutor):
 
     def run_jobs(self, jobs: list) -> None:
         batches, rest = arrays.batches(jobs, self.hpcpipe_arrays)
+        # First, and also with no job left: upstream records here the event loop that
+        # submissions (the arrays' too) report to from their threads.
+        super().run_jobs(rest)
         for batch in batches:
             for job in batch:
                 self.run_job_pre(job)
             self._job_submission_executor.submit(arrays.submit, self, batch, self.max_array_size)
-        if rest:
-            super().run_jobs(rest)
 
     async def check_active_jobs(self, active_jobs: list) -> AsyncGenerator:
         async for job in super().check_active_jobs(active_jobs):

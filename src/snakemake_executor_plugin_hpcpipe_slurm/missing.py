@@ -31,6 +31,8 @@ class ExecutorSettings(ExecutorSettingsBase):
     status_attempts: Optional[int] = _accepted()  # noqa: UP045
     requeue: Optional[bool] = _accepted()  # noqa: UP045
     keep_successful_logs: Optional[bool] = _accepted()  # noqa: UP045
+    array_jobs: Optional[str] = _accepted()  # noqa: UP045
+    array_limit: Optional[int] = _accepted()  # noqa: UP045
 
 
 class Executor(RemoteExecutor):

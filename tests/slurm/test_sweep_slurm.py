@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,10 +56,20 @@ def test_a_24_run_sweep_is_submitted_as_job_arrays(slurm_cluster, tmp_path: Path
     board = (wd / "results" / "leaderboard.csv").read_text().splitlines()
     assert len(board) == 25 and board[1].split(",")[-1] == "True"
 
-    # The same points run locally give the same metrics (ids depend on the values only).
+    # The same points run locally give the same metrics (ids depend on the values only),
+    # from the SLURM run's data and features (copied with their manifests and mtimes): only
+    # the two runs train here.
     local = make_workdir(tmp_path / "local", {**SWEEP, "sweep": {"parameters": {
         "train.lr": LRS[:1], "models.cnn.channels": CHANNELS[:2]}}})  # fmt: skip
+    shutil.copytree(wd / "data", local / "data")
+    (local / "results").mkdir(exist_ok=True)
+    for made in (wd / "results").iterdir():
+        if made.name.startswith(("preprocessed", "stats", "thresholds", "features")):
+            (shutil.copytree if made.is_dir() else shutil.copy2)(
+                made, local / "results" / made.name
+            )
     snakemake(local, "-c2", timeout=600)
+    assert not (local / "logs" / "preprocess.log").exists()  # the copies were taken
     compared = 0
     for path in (local / "results" / "eval" / "cnn").glob("0-*/metrics.json"):
         remote = wd / path.relative_to(local)

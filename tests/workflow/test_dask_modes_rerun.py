@@ -29,7 +29,7 @@ def test_a_config_overlay_with_another_dask_mode_plans_no_job(pipeline_run: Path
     assert planned_jobs(pipeline_run, *local) == {}
     # the dry run does show jobs when a setting that matters changes ...
     title = _overlay(pipeline_run, "title", {"report": {"title": "x"}})
-    assert planned_jobs(pipeline_run, *title) == {"summary": 1, "all": 1}
+    assert planned_jobs(pipeline_run, *title) == {"summary": 1, "usage_table": 1, "all": 1}
     # ... and the overlay's dask section is read: an unknown mode is refused before any job
     bad = _overlay(pipeline_run, "bad", {"dask": {"mode": "mpi"}})
     proc = snakemake(pipeline_run, "-n", *bad, check=False)

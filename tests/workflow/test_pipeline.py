@@ -285,11 +285,11 @@ def test_every_manifest_records_its_step(pipeline_run: Path, monkeypatch: pytest
     # The steps import the hpcpipe this test imports (same environment, same PYTHONPATH).
     # (A tracked file edited between the run and this line flips `dirty`: a true failure.)
     hpcpipe_info = {"version": hpcpipe.__version__, **git_state(Path(hpcpipe.__file__).parent)}
-    # every job but the last (`hpcpipe usage`, a query over these manifests)
-    jobs = [j for j in executed_jobs(pipeline_run) if j["argv"][1] != "usage"]
+    jobs = executed_jobs(pipeline_run)
     steps = [j["argv"][1] for j in jobs]
     assert sorted(steps) == sorted(
-        ["generate", "preprocess", "thresholds", "features", "train", "train", "evaluate", "evaluate", "summary"]
+        ["generate", "preprocess", "thresholds", "features", "train", "train", "evaluate", "evaluate", "summary",
+         "usage-table"]
     )  # fmt: skip
     for job in jobs:
         step, opts = job["argv"][1], options(job["argv"][2:])
@@ -312,11 +312,13 @@ def test_every_manifest_records_its_step(pipeline_run: Path, monkeypatch: pytest
             "step", "params", "params_sha256", "inputs", "outputs", "hpcpipe", "libraries", "host",
             "slurm", "resources", "started", "ended", "rule", "wildcards", "usage", "requested",
         }, what  # fmt: skip
-        assert m["rule"] == step, what
-        assert m["requested"]["mem_mb"] == int(opts["--mem-mb"][0]), what
-        assert m["requested"]["runtime_min"] == int(opts["--runtime"][0]), what
+        assert m["rule"] == step.replace("-", "_"), what
+        if "--mem-mb" in opts:  # the local usage table declares no resources
+            assert m["requested"]["mem_mb"] == int(opts["--mem-mb"][0]), what
+            assert m["requested"]["runtime_min"] == int(opts["--runtime"][0]), what
         assert m["usage"]["cpu_s"] > 0 and 50 < m["usage"]["peak_rss_mb"] < 4000, what
-        assert m["usage"]["meter_cpu_s"] < 0.01 * m["usage"]["wall_s"], what
+        # a bound against a runaway sampler; its share is measured by scripts/bench usage
+        assert m["usage"]["meter_cpu_s"] < 0.05 * m["usage"]["wall_s"], what
         assert sorted([*m["inputs"], *m["outputs"]]) == sorted(paths), what
         for out in m["outputs"]:
             assert json.loads(Path(out + ".manifest.json").read_text()) == m, out
@@ -363,13 +365,13 @@ def test_noop_rerun_plans_nothing(pipeline_run: Path):
     [
         (
             {"evaluate": {"extreme_quantile": 0.8}},
-            {"thresholds": 1, "evaluate": 2, "summary": 1, "usage": 1, "all": 1},
+            {"thresholds": 1, "evaluate": 2, "summary": 1, "usage_table": 1, "all": 1},
         ),
         (
             {"models": {"unet": {"channels": 4}}},
-            {"train": 1, "evaluate": 1, "summary": 1, "usage": 1, "all": 1},
+            {"train": 1, "evaluate": 1, "summary": 1, "usage_table": 1, "all": 1},
         ),
-        ({"report": {"title": "x"}}, {"summary": 1, "usage": 1, "all": 1}),
+        ({"report": {"title": "x"}}, {"summary": 1, "usage_table": 1, "all": 1}),
         (
             {"preprocess": {"climatology_window": 15}},
             {
@@ -379,13 +381,13 @@ def test_noop_rerun_plans_nothing(pipeline_run: Path):
                 "train": 2,
                 "evaluate": 2,
                 "summary": 1,
-                "usage": 1,
+                "usage_table": 1,
                 "all": 1,
             },
         ),
         (
             {"features": {"lags": [0, 2]}},
-            {"features": 1, "train": 2, "evaluate": 2, "summary": 1, "usage": 1, "all": 1},
+            {"features": 1, "train": 2, "evaluate": 2, "summary": 1, "usage_table": 1, "all": 1},
         ),
     ],
 )

@@ -2,10 +2,10 @@
 # table for the report and a chart of requested vs used memory and time per rule. It reads
 # the manifests only, so it runs where Snakemake runs (no job of its own on a cluster).
 localrules:
-    usage,
+    usage_table,
 
 
-rule usage:
+rule usage_table:
     input:
         rules.summary.output.table,
     output:
@@ -20,4 +20,5 @@ rule usage:
     conda:
         conda_env("evaluate")
     shell:
-        "hpcpipe usage . --csv {output.table:q} --chart {output.chart:q} > {log:q} 2>&1"
+        "hpcpipe usage-table --after {input:q} --output-csv {output.table:q} "
+        "--output-png {output.chart:q} --log {log:q}"

@@ -71,7 +71,9 @@ def evaluate(
 
     model_name, seed = _identity(model_path, meta, params)
     result["metrics"] = {
-        "model": model_name, "seed": seed, "val_loss": best_val_loss(history_path),
+        # the validation loss of the weights evaluated here (what a sweep ranks runs by;
+        # never the test scores), as training saved it with them
+        "model": model_name, "seed": seed, "val_loss": _finite_or_none(meta.get("val_loss")),
         **result["metrics"],
     }  # fmt: skip
     write_outputs(result, paths, history_csv=history_path)
@@ -160,19 +162,8 @@ def _identity(model_path: Path, meta: dict, params: dict) -> tuple[str, Any]:
     return str(name), seed
 
 
-def best_val_loss(history_csv: StrPath | None) -> float | None:
-    """The best epoch's validation loss (what a sweep ranks runs by; never the test scores).
-
-    Read with the csv module: pandas would cost more than the rest of this for one column.
-    """
-    import csv
-
-    if history_csv is None or not Path(history_csv).exists():
-        return None
-    with open(history_csv, newline="") as f:
-        losses = [float(row["val_loss"]) for row in csv.DictReader(f) if row.get("val_loss")]
-    finite = [x for x in losses if np.isfinite(x)]
-    return min(finite) if finite else None
+def _finite_or_none(x: Any) -> float | None:
+    return float(x) if x is not None and np.isfinite(float(x)) else None
 
 
 def _log_headline(m: dict) -> None:
