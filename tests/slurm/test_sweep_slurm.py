@@ -27,8 +27,21 @@ SWEEP = {
 }
 
 
-def test_a_24_run_sweep_is_submitted_as_job_arrays(slurm_cluster, tmp_path: Path):
-    wd = make_workdir(tmp_path / "slurm", SWEEP)
+def _with_features_of(done: Path, wd: Path) -> Path:
+    """``wd`` with the raw data, preprocessed store and features of the finished run ``done``
+    (the same data config; copied with their manifests and mtimes): only the sweep runs."""
+    shutil.copytree(done / "data", wd / "data")
+    (wd / "results").mkdir(exist_ok=True)
+    for made in (done / "results").iterdir():
+        if made.name.startswith(("preprocessed", "stats", "thresholds", "features")):
+            (shutil.copytree if made.is_dir() else shutil.copy2)(made, wd / "results" / made.name)
+    return wd
+
+
+def test_a_24_run_sweep_is_submitted_as_job_arrays(
+    slurm_cluster, pipeline_run: Path, tmp_path: Path
+):
+    wd = _with_features_of(pipeline_run, make_workdir(tmp_path / "slurm", SWEEP))
     proc = snakemake(wd, "--profile", str(slurm_profile(wd / "test-profile")), timeout=900)
     out = proc.stdout + proc.stderr
     run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
@@ -56,20 +69,16 @@ def test_a_24_run_sweep_is_submitted_as_job_arrays(slurm_cluster, tmp_path: Path
     board = (wd / "results" / "leaderboard.csv").read_text().splitlines()
     assert len(board) == 25 and board[1].split(",")[-1] == "True"
 
-    # The same points run locally give the same metrics (ids depend on the values only),
-    # from the SLURM run's data and features (copied with their manifests and mtimes): only
-    # the two runs train here.
+    # The same points run locally give the same metrics (ids depend on the values only).
     local = make_workdir(tmp_path / "local", {**SWEEP, "sweep": {"parameters": {
         "train.lr": LRS[:1], "models.cnn.channels": CHANNELS[:2]}}})  # fmt: skip
-    shutil.copytree(wd / "data", local / "data")
-    (local / "results").mkdir(exist_ok=True)
-    for made in (wd / "results").iterdir():
-        if made.name.startswith(("preprocessed", "stats", "thresholds", "features")):
-            (shutil.copytree if made.is_dir() else shutil.copy2)(
-                made, local / "results" / made.name
-            )
+    _with_features_of(pipeline_run, local)
     snakemake(local, "-c2", timeout=600)
-    assert not (local / "logs" / "preprocess.log").exists()  # the copies were taken
+    for log in ("generate", "preprocess"):  # the copies were taken, here and on SLURM
+        assert (
+            not (local / "logs" / f"{log}.log").exists()
+            and not (wd / "logs" / f"{log}.log").exists()
+        )
     compared = 0
     for path in (local / "results" / "eval" / "cnn").glob("0-*/metrics.json"):
         remote = wd / path.relative_to(local)
