@@ -67,6 +67,9 @@ def test_every_step_ran_as_a_slurm_job(slurm_run: Path, slurm_cluster):
     for job_id, _ in jobs.values():
         assert slurm_cluster.show_job(job_id)["JobState"] == "COMPLETED"
     assert {p for _, p in jobs.values()} == {"cpu", "gpu"}
+    # the model groups go out as job array tasks (profile: hpcpipe-slurm-array-jobs: model)
+    for name in ("train/cnn/0", "train/unet/0"):
+        assert slurm_cluster.show_job(jobs[name][0]).get("ArrayJobId"), name
 
 
 def test_training_ran_on_the_gpu_partition_with_a_gpu(slurm_run: Path, slurm_cluster):
