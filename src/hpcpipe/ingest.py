@@ -47,9 +47,7 @@ def open_source(
         )
     coder = xr.coders.CFDatetimeCoder(use_cftime=None)  # cftime only where numpy cannot
     try:
-        if p.is_dir() or p.suffix == ".zarr":
-            return xr.open_zarr(p, group=group, chunks={}, decode_times=coder, consolidated=None)
-        return xr.open_dataset(p, group=group, chunks={}, decode_times=coder)
+        return _open(p, group, coder)
     except Exception as exc:
         where = f" (ingest.group {group!r})" if group else ""
         if group and _groups(p) is not None and group not in _groups(p):
@@ -67,13 +65,17 @@ def open_source(
         ) from exc
 
 
+def _open(p: Path, group: str | None, decode_times: Any) -> xr.Dataset:
+    """A Zarr store or a NetCDF file at ``p``, lazily."""
+    if p.is_dir() or p.suffix == ".zarr":
+        return xr.open_zarr(p, group=group, chunks={}, decode_times=decode_times, consolidated=None)
+    return xr.open_dataset(p, group=group, chunks={}, decode_times=decode_times)
+
+
 def _opens_without_times(p: Path, group: str | None) -> bool:
     """Whether ``p`` opens when times are left undecoded: then decoding them failed."""
     try:
-        if p.is_dir() or p.suffix == ".zarr":
-            xr.open_zarr(p, group=group, chunks={}, decode_times=False, consolidated=None)
-        else:
-            xr.open_dataset(p, group=group, chunks={}, decode_times=False).close()
+        _open(p, group, decode_times=False).close()
     except Exception:
         return False
     return True

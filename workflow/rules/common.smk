@@ -123,6 +123,10 @@ def data_params():
     return as_json({**ingest, "variables": VARIABLES})
 
 
+# Once per parse: the tokens stat every input file (every file of a Zarr store).
+DATA_PARAMS = data_params()
+
+
 # An existing raw store that is current (ingested with these params): is a variable all NaN
 # or constant over the training period? Before any job, since Snakemake removes the previous
 # preprocessed store before the preprocess job would fail on it.
@@ -130,7 +134,7 @@ if config["dataset"]["source"] == "file":
     from hpcpipe.ingest_checks import training_period_problems
 
     _problems = training_period_problems(
-        RAW, data_params(), config["preprocess"]["split"], VARIABLES
+        RAW, DATA_PARAMS, config["preprocess"]["split"], VARIABLES
     )
     if _problems:
         raise WorkflowError("; ".join(_problems))

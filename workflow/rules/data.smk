@@ -12,7 +12,7 @@ if config["dataset"]["source"] == "builtin":
         resources:
             **tier_resources("array"),
         params:
-            cfg=data_params(),
+            cfg=DATA_PARAMS,
         shell:
             "hpcpipe generate --params {params.cfg:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
@@ -36,7 +36,7 @@ else:
         resources:
             **tier_resources("array"),
         params:
-            cfg=data_params(),
+            cfg=DATA_PARAMS,
         shell:
             "hpcpipe ingest --params {params.cfg:q} --input {input:q} --output {output:q} "
             "--threads {threads} --log {log:q}"
