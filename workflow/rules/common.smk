@@ -1,4 +1,5 @@
 # Shared helpers: config validation, the params each step depends on, resource tiers.
+import inspect
 import os
 
 from hpcpipe.config import as_json, validate
@@ -81,6 +82,13 @@ TIERS = {
 # it asked for (mem_mb, runtime), recorded next to what it used (`hpcpipe usage`).
 
 
+def job_function(fn):
+    """``fn`` with its signature worked out once: Snakemake inspects the signature of a
+    params or resources function for every job (most of the plan time of a large sweep)."""
+    fn.__signature__ = inspect.signature(fn)
+    return fn
+
+
 def tier_threads(name):
     return TIERS[name]["threads"]
 
@@ -91,6 +99,7 @@ def tier_resources(name, **extra):
     from hpcpipe.sizing import partition_of, sized
 
     def size(resource):
+        @job_function
         def value(wildcards, attempt, rulename):
             part = partition_of(workflow.resource_settings, rulename)
             tier = TIERS[name][resource]
@@ -158,6 +167,7 @@ def features_params():
     return as_json(config["features"])
 
 
+@job_function
 def train_params(wildcards):
     # Per run, without the lists of models and seeds: adding a seed or a sweep point must
     # not retrain the others (hpcpipe.sweep.train_params).

@@ -33,8 +33,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-import dask
-
 from hpcpipe.runtime.allocation import Allocation
 from hpcpipe.runtime.dask.address import address_client
 from hpcpipe.runtime.dask.allocation import allocation_client, serve_allocation_worker
@@ -73,6 +71,9 @@ def dask_runtime(
     ``settings`` may be a mode name (tests, benchmarks). In ``allocation`` mode only rank 0
     gets here: the other ranks are workers (:func:`serve_allocation_worker`).
     """
+    # imported here: the workflow imports the settings when it parses, dask costs 0.3 s
+    import dask
+
     if settings is None or isinstance(settings, str):
         settings = DaskSettings.from_config({"mode": settings} if settings else None)
     if settings.mode == "threads":

@@ -13,8 +13,6 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from dask.utils import parse_bytes
-
 from hpcpipe.runtime.allocation import DASK_MEMORY_FRACTION, Allocation
 from hpcpipe.runtime.dask.common import (
     check_worker_memory,
@@ -62,6 +60,8 @@ def slurm_cluster_kwargs(settings: DaskSettings) -> dict[str, Any]:
 def _check(jq: JobqueueSettings) -> None:
     """Fail before submitting anything: workers too small, no SLURM, impossible bounds."""
     try:
+        from dask.utils import parse_bytes
+
         per_worker = parse_bytes(jq.memory) // max(jq.processes, 1)
     except ValueError:
         raise fail(MODE, f"dask.jobqueue.memory {jq.memory!r} is not a size") from None
