@@ -84,7 +84,8 @@ TIERS = {
 
 def job_function(fn):
     """``fn`` with its signature worked out once: Snakemake inspects the signature of a
-    params or resources function for every job (most of the plan time of a large sweep)."""
+    params or resources function for every job (most of the plan time of a large sweep).
+    """
     fn.__signature__ = inspect.signature(fn)
     return fn
 
