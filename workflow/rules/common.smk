@@ -84,8 +84,7 @@ TIERS = {
 
 def job_function(fn):
     """``fn`` with its signature worked out once: Snakemake inspects the signature of a
-    params or resources function for every job (most of the plan time of a large sweep).
-    """
+    params or resources function for every job it plans (10,000s in a large sweep)."""
     fn.__signature__ = inspect.signature(fn)
     return fn
 
