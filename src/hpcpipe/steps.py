@@ -167,17 +167,29 @@ def run_evaluate(ns: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
+def _metrics_paths(ns: argparse.Namespace) -> list[Path]:
+    """Every run's metrics.json: given one by one, or as the runs' spec and a path pattern
+    (what the workflow passes: 10,000 paths would not fit in one command line)."""
+    from hpcpipe.sweep import runs_of_spec
+
+    if getattr(ns, "metrics", None):
+        return [Path(p) for p in ns.metrics]
+    if not (ns.runs and ns.metrics_pattern):
+        raise SystemExit(f"hpcpipe {ns.step.name}: give --metrics, or --runs and --metrics-pattern")
+    return [Path(r.path(ns.metrics_pattern)) for r in runs_of_spec(ns.runs)]
+
+
 def run_summary(ns: argparse.Namespace) -> None:
     from hpcpipe.evaluate.summary import summarize
 
     landing = Path(ns.landing) if ns.landing else None
-    summarize([Path(p) for p in ns.metrics], Path(ns.output_csv), Path(ns.output_png), ns.title,
-              landing)  # fmt: skip
+    paths = _metrics_paths(ns)
+    summarize(paths, Path(ns.output_csv), Path(ns.output_png), ns.title, landing)
     if ns.provenance:
         from hpcpipe.atomic import write_text
         from hpcpipe.provenance import describe
 
-        write_text(ns.provenance, "\n\n".join(describe(p) for p in ns.metrics) + "\n")
+        write_text(ns.provenance, "\n\n".join(describe(p) for p in paths) + "\n")
 
 
 def run_leaderboard(ns: argparse.Namespace) -> None:
@@ -187,9 +199,9 @@ def run_leaderboard(ns: argparse.Namespace) -> None:
     from hpcpipe.sweep import runs_of_spec, swept_keys
 
     runs = runs_of_spec(ns.runs)
-    paths = [Path(r.path(ns.metrics_pattern)) for r in runs]
     keys = swept_keys(json.loads(ns.runs)["sweep"])
-    write(runs, paths, keys, Path(ns.output_csv), Path(ns.output_png), Path(ns.output_rst))
+    write(runs, _metrics_paths(ns), keys, Path(ns.output_csv), Path(ns.output_png),
+          Path(ns.output_rst))  # fmt: skip
 
 
 def run_usage_table(ns: argparse.Namespace) -> None:
@@ -203,8 +215,19 @@ def run_usage_table(ns: argparse.Namespace) -> None:
     write_chart(data, ns.output_png)
 
 
-def _in(flag: str, help: str = "", many: bool = False) -> Arg:
-    return Arg(flag, "input", help, many=many)
+def _in(flag: str, help: str = "", many: bool = False, required: bool = True) -> Arg:
+    return Arg(flag, "input", help, many=many, required=required)
+
+
+def _run_pattern(required: bool) -> tuple[Arg, Arg]:
+    """Every run's metrics.json as the runs' spec and a pattern, not 10,000 paths: a whole
+    shell command is one argument of `bash -c`, at most 128 KB on Linux."""
+    return (
+        Arg("--runs", "option", "models, seeds and sweep (JSON; hpcpipe.sweep.spec)",
+            required=required),
+        Arg("--metrics-pattern", "option", "metrics.json of a run: {model}, {seed}, {point}",
+            required=required),
+    )  # fmt: skip
 
 
 def _out(flag: str, help: str = "", required: bool = True) -> Arg:
@@ -294,7 +317,8 @@ STEPS: tuple[Step, ...] = (
         "one table and chart across models and seeds",
         run_summary,
         (
-            _in("--metrics", "every run's metrics.json", many=True),
+            _in("--metrics", "every run's metrics.json", many=True, required=False),
+            *_run_pattern(required=False),
             _out("--output-csv"),
             _out("--output-png"),
             Arg("--title", "option", required=False, default="hpcpipe forecast skill"),
@@ -315,9 +339,7 @@ STEPS: tuple[Step, ...] = (
         "a sweep's runs ranked by validation loss: CSV, chart, report page",
         run_leaderboard,
         (
-            Arg("--runs", "option", "models, seeds and sweep (JSON; hpcpipe.sweep.spec)"),
-            # a pattern, not 10,000 paths: one shell argument is at most 128 KB on Linux
-            Arg("--metrics-pattern", "option", "metrics.json of a run: {model}, {seed}, {point}"),
+            *_run_pattern(required=True),
             _out("--output-csv"),
             _out("--output-png"),
             _out("--output-rst", "the report's sweep page (reStructuredText)"),

@@ -127,7 +127,7 @@ SHELL_FIELDS = {
         "output.skill:q", "output.maps:q", "output.loss:q", "threads", "log:q",
     ],
     "summary": [
-        "input:q", "output.table:q", "output.chart:q", "params.title:q", "output.provenance:q",
+        "params.runs:q", "params.pattern:q", "output.table:q", "output.chart:q", "params.title:q", "output.provenance:q",
         "output.landing:q", "log:q",
     ],
     "leaderboard": [

@@ -77,8 +77,13 @@ rule summary:
         **tier_resources("tiny"),
     params:
         title=config["report"]["title"],
+        # the runs as the sweep's spec and a path pattern, not 10,000 paths (hpcpipe.steps);
+        # the pattern a function: a string with {wildcards} here would be expanded
+        runs=spec(config),
+        pattern=lambda wildcards: str(rules.evaluate.output.metrics),
     shell:
-        "hpcpipe summary --metrics {input:q} --output-csv {output.table:q} "
+        "hpcpipe summary --runs {params.runs:q} --metrics-pattern {params.pattern:q} "
+        "--output-csv {output.table:q} "
         "--output-png {output.chart:q} --title {params.title:q} "
         "--provenance {output.provenance:q} --landing {output.landing:q} --log {log:q}"
         " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
@@ -112,9 +117,8 @@ if config["sweep"] is not None:
         resources:
             **tier_resources("tiny"),
         params:
-            runs=spec(config),
-            # a function: a string with {wildcards} here would be expanded
-            pattern=lambda wildcards: str(rules.evaluate.output.metrics),
+            runs=rules.summary.params.runs,
+            pattern=rules.summary.params.pattern,
         shell:
             "hpcpipe leaderboard --runs {params.runs:q} --metrics-pattern {params.pattern:q} "
             "--output-csv {output.table:q} --output-png {output.chart:q} "
