@@ -324,7 +324,9 @@ def check_config_against_file(config: dict) -> FileCheck:
     kind = climatology_for(pre["climatology"], axis.resolution, f"{name} ({axis.frequency} steps)")
     if "unet" in config["train"]["models"]:
         from hpcpipe.config import unet_problems
+        from hpcpipe.sweep import with_each_value
 
-        if problems := unet_problems(config, ds.sizes["lat"], ds.sizes["lon"], name):
-            raise DatasetError(problems[0])
+        for c in with_each_value(config, "models.unet.depth"):  # and every swept depth
+            if problems := unet_problems(c, ds.sizes["lat"], ds.sizes["lon"], name):
+                raise DatasetError(problems[0])
     return FileCheck(counts, kind)

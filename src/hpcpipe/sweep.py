@@ -173,6 +173,20 @@ def _value_problems(config: dict, parameters: dict, schema: dict) -> list[str]:
     return problems
 
 
+def with_each_value(config: dict, key: str) -> Iterator[dict]:
+    """``config`` with each value the sweep gives ``key`` (itself when the key is not swept):
+    for checks against the data, which the schema cannot make (a U-Net depth and a file's grid).
+    """
+    spec = ((config.get("sweep") or {}).get("parameters") or {}).get(key)
+    if spec is None:
+        yield config
+        return
+    for value in _values_of(spec):
+        trial = copy.deepcopy(config)
+        _set(trial, key, value)
+        yield trial
+
+
 def run_count(sweep: dict, models: list[str], seeds: list[int]) -> int:
     """How many runs the sweep makes, without making them."""
     params = sweep["parameters"]
