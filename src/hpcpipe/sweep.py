@@ -303,6 +303,21 @@ def plan(config: dict) -> dict[tuple[str, str], tuple[Run, str]]:
     return {(r.model, r.run_dir): (r, train_params(config, r)) for r in found}
 
 
+def repeated_draws(config: dict, planned: dict) -> str | None:
+    """What to tell the user when a random sweep drew some points more than once (each
+    point is one run, so the sweep has fewer runs than asked for), else None."""
+    sweep = config.get("sweep")
+    if sweep is None:
+        return None
+    asked = run_count(sweep, config["train"]["models"], config["train"]["seeds"])
+    if len(planned) >= asked:
+        return None
+    return (
+        f"sweep: {asked - len(planned)} of {asked} random draws repeat a point drawn before "
+        f"(discrete values); the sweep has {len(planned)} runs. Raise sweep.n for more."
+    )
+
+
 def spec(config: dict) -> str:
     """What the summary needs to name every run (JSON): models, seeds and the sweep."""
     t = config["train"]

@@ -81,6 +81,19 @@ def test_random_points_keep_their_values_when_n_grows(base: dict):
     )
 
 
+def test_random_draws_that_repeat_a_point_are_said(base: dict):
+    # 3 x 2 discrete values, 12 draws: some points come twice, each is one run
+    params = {"models.unet.depth": {"values": [1, 2, 3]}, "train.lr": {"values": [0.01, 0.02]}}
+    c = with_sweep(base, method="random", n=12, seed=0, parameters=params)
+    c["train"]["models"] = ["unet"]
+    planned = sweep.plan(c)
+    assert len(planned) <= 6
+    said = sweep.repeated_draws(c, planned)
+    assert said and f"{12 - len(planned)} of 12 random draws repeat" in said
+    grid = with_sweep(base, parameters=GRID)
+    assert sweep.repeated_draws(grid, sweep.plan(grid)) is None
+
+
 @pytest.mark.parametrize(
     ("section", "named"),
     [

@@ -6,7 +6,7 @@ from hpcpipe.config import as_json, validate
 from hpcpipe.config_checks import check_duplicate_keys
 from hpcpipe.fingerprint import tokens as input_tokens
 from hpcpipe.runtime.dask.settings import DaskClusterError, check_environment
-from hpcpipe.sweep import SweepError, plan, spec
+from hpcpipe.sweep import SweepError, plan, repeated_draws, spec
 from hpcpipe.timeaxis import climatology_for
 
 # Validate (and fill defaults) before any job is planned; an error names every bad key.
@@ -45,6 +45,8 @@ try:
     RUNS = plan(config)
 except SweepError as exc:
     raise WorkflowError(str(exc)) from None
+if repeats := repeated_draws(config, RUNS):  # a random sweep drew a point twice
+    logger.warning(repeats)
 RUN_WILDCARDS = {
     "model": [r.model for r, _ in RUNS.values()],
     "seed": [r.seed for r, _ in RUNS.values()],
