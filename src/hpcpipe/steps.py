@@ -52,6 +52,8 @@ class Step:
             value = getattr(ns, arg.dest, None)
             if arg.role == role and value is not None:
                 out += list(value) if arg.many else [value]
+        if role == "input" and not getattr(ns, "metrics", None) and getattr(ns, "runs", None):
+            out += [str(p) for p in _metrics_paths(ns)]  # the runs' metrics, as a pattern
         return out
 
 
