@@ -157,13 +157,20 @@ def run_train(ns: argparse.Namespace) -> None:
     log.info("training done: %s", summary)
 
 
+def run_predict(ns: argparse.Namespace) -> None:
+    from hpcpipe.predict import predict_store
+
+    predict_store(ns.model, ns.features, ns.preprocessed, ns.stats, ns.output, ns.params,
+                  threads=ns.threads)  # fmt: skip
+
+
 def run_evaluate(ns: argparse.Namespace) -> None:
     from hpcpipe.evaluate.step import OUTPUTS, evaluate
 
     outputs = {name: getattr(ns, name) for name in OUTPUTS}
     evaluate(
-        ns.model, ns.history, ns.features, ns.preprocessed, ns.thresholds, outputs, ns.params,
-        threads=ns.threads,
+        ns.forecasts, ns.history, ns.features, ns.preprocessed, ns.thresholds, ns.stats, outputs,
+        ns.params, external=named_paths(ns.external or []),
     )  # fmt: skip
 
 
@@ -177,6 +184,23 @@ def _metrics_paths(ns: argparse.Namespace) -> list[Path]:
     if not (ns.runs and ns.metrics_pattern):
         raise SystemExit(f"hpcpipe {ns.step.name}: give --metrics, or --runs and --metrics-pattern")
     return [Path(r.path(ns.metrics_pattern)) for r in runs_of_spec(ns.runs)]
+
+
+def run_export(ns: argparse.Namespace) -> None:
+    from hpcpipe.export import export
+
+    export(ns.model, ns.features, ns.preprocessed, ns.stats, ns.output, ns.params)
+
+
+def named_paths(items: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` arguments as a dict; ValueError naming one without ``=``."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--external {item!r}: expected NAME=PATH")
+        out[name] = path
+    return out
 
 
 def run_summary(ns: argparse.Namespace) -> None:
@@ -296,20 +320,54 @@ STEPS: tuple[Step, ...] = (
         ),
     ),
     Step(
-        "evaluate",
-        "skill of one trained model against the baselines",
-        run_evaluate,
+        "predict",
+        "one trained model's test-period forecasts as a forecast store (WeatherBench 2 layout)",
+        run_predict,
         (
             _in("--model", "model.pt"),
+            _in("--features", "the test split's feature store"),
+            _in("--preprocessed"),
+            _in("--stats", "stats.json (the variables' units)"),
+            _out("--output", "the forecast store (.zarr)"),
+        ),
+    ),
+    Step(
+        "evaluate",
+        "skill of one run's stored forecasts against the baselines (and external forecasts)",
+        run_evaluate,
+        (
+            _in("--forecasts", "the run's forecast store (predict)"),
             _in("--history", "the model's history.csv (its loss curve)"),
             _in("--features", "the test split's feature store"),
             _in("--preprocessed"),
             _in("--thresholds"),
+            _in("--stats", "stats.json (the observations' units)"),
+            # Options, not inputs: an external store may be terabytes, and the manifest would
+            # checksum every chunk of it; its path is in the rule's input and this command.
+            Arg(
+                "--external",
+                "option",
+                "NAME=PATH of a forecast store made elsewhere (evaluate.external), repeatable",
+                many=True,
+                required=False,
+            ),
             _out("--metrics", "metrics.json"),
             _out("--table", "metrics.csv"),
             _out("--skill", "skill against lead time (PNG)"),
             _out("--maps", "error maps at the headline lead (PNG)"),
             _out("--loss", "loss curve (PNG)"),
+        ),
+    ),
+    Step(
+        "export",
+        "a self-contained inference artifact of one model (torch.export .pt2 + JSON + predict.py)",
+        run_export,
+        (
+            _in("--model", "model.pt"),
+            _in("--features", "the test split's feature store (an example input, channel names)"),
+            _in("--preprocessed", "the normalisation and climatology"),
+            _in("--stats", "stats.json (the variables' units)"),
+            _out("--output", "the artifact's directory"),
         ),
     ),
     Step(
