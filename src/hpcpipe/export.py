@@ -116,6 +116,7 @@ def metadata(
     variables = decode_str(test["variable"].values)
     period = pre["period"]
     channels = decode_str(test["channel"].values)
+    pre_vars = decode_str(pre["variable"].values)
     return {
         "format": fmt,
         "file": file,
@@ -136,8 +137,9 @@ def metadata(
             "units": "normalised anomaly (1)",
         },
         "normalisation": {
-            "mean": {v: stats[v]["mean"] for v in variables},
-            "std": {v: stats[v]["std"] for v in variables},
+            # the preprocessed store's, as scoring uses them (stats.json has the same)
+            "mean": {v: float(pre["mean"].values[pre_vars.index(v)]) for v in variables},
+            "std": {v: float(pre["std"].values[pre_vars.index(v)]) for v in variables},
             "units": {v: stats[v].get("units", "") for v in variables},
             "formula": "x = a * std + mean + climatology[period(valid time)]",
         },
