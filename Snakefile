@@ -32,6 +32,13 @@ rule all:
         SWEEP_RESULTS,
 
 
+# `snakemake export`: every run's inference artifact (workflow/rules/export.smk); not in
+# `all`, since torch.export takes about 8 s a model on 2 cores.
+rule export:
+    input:
+        run_outputs(rules.export_run.output[0]),
+
+
 onsuccess:
     logger.info(finished_message())
 

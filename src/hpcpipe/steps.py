@@ -170,7 +170,7 @@ def run_evaluate(ns: argparse.Namespace) -> None:
     outputs = {name: getattr(ns, name) for name in OUTPUTS}
     evaluate(
         ns.forecasts, ns.history, ns.features, ns.preprocessed, ns.thresholds, ns.stats, outputs,
-        ns.params, external=named_paths(ns.external or []),
+        ns.params, external=ns.external or {},
     )  # fmt: skip
 
 
@@ -192,15 +192,17 @@ def run_export(ns: argparse.Namespace) -> None:
     export(ns.model, ns.features, ns.preprocessed, ns.stats, ns.output, ns.params)
 
 
-def named_paths(items: list[str]) -> dict[str, str]:
-    """``NAME=PATH`` arguments as a dict; ValueError naming one without ``=``."""
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--external {item!r}: expected NAME=PATH")
-        out[name] = path
-    return out
+def json_paths(text: str) -> dict[str, str]:
+    """An argparse type: a JSON object of names -> paths (``--external``)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise argparse.ArgumentTypeError("must be a JSON object of names -> paths")
+    return {str(k): v for k, v in value.items()}
 
 
 def run_summary(ns: argparse.Namespace) -> None:
@@ -347,9 +349,9 @@ STEPS: tuple[Step, ...] = (
             Arg(
                 "--external",
                 "option",
-                "NAME=PATH of a forecast store made elsewhere (evaluate.external), repeatable",
-                many=True,
+                "forecast stores made elsewhere (evaluate.external) as JSON: {name: path}",
                 required=False,
+                type=json_paths,
             ),
             _out("--metrics", "metrics.json"),
             _out("--table", "metrics.csv"),

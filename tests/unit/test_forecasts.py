@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
 from test_evaluate import LEADS, PARAMS, STD, VARIABLES, make_stores, output_paths, write_history
 
 from hpcpipe import forecasts
-from hpcpipe.evaluate import scoring, step
+from hpcpipe.evaluate import scoring, step, summary
 from hpcpipe.models.files import load_model, model_file, predict
 from hpcpipe.models.nets import build_model
 from hpcpipe.predict import predict_store
@@ -146,6 +147,9 @@ def test_an_external_store_is_scored_beside_the_baselines(tmp_path: Path) -> Non
     assert m["rmse"]["model"]["t2m"]["1"] < 1e-3  # the perfect one
     table = (tmp_path / "eval" / "metrics.csv").read_text()
     assert "persist," in table
+    summary.summarize([tmp_path / "eval" / "metrics.json"], tmp_path / "s.csv", tmp_path / "s.png")
+    row = pd.read_csv(tmp_path / "s.csv").iloc[0]
+    assert row["rmse_persist"] == m["rmse"]["persist"][row["variable"]]["1"]
 
 
 @pytest.fixture(scope="module")

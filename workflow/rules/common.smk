@@ -204,11 +204,9 @@ if EXTERNAL:
         raise WorkflowError("; ".join(_problems))
 
 
-def external_args():
-    """The --external NAME=PATH arguments of evaluate, quoted for the shell."""
-    from shlex import quote
-
-    return " ".join(f"--external {quote(f'{k}={p}')}" for k, p in EXTERNAL.items())
+def external_stores():
+    """evaluate's --external: {name: path} as JSON."""
+    return as_json(EXTERNAL)
 
 
 def export_params():

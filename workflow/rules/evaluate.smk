@@ -69,12 +69,12 @@ rule evaluate:
         **tier_resources("score"),
     params:
         cfg=evaluate_params(),
-        external=external_args(),
+        external=external_stores(),
     shell:
         "hpcpipe evaluate --params {params.cfg:q} --forecasts {input.forecasts:q} "
         "--history {input.history:q} --features {input.features:q} "
         "--preprocessed {input.preprocessed:q} --thresholds {input.thresholds:q} "
-        "--stats {input.stats:q} {params.external} "
+        "--stats {input.stats:q} --external {params.external:q} "
         "--metrics {output.metrics:q} --table {output.table:q} --skill {output.skill:q} "
         "--maps {output.maps:q} --loss {output.loss:q} --threads {threads} --log {log:q}"
         " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"

@@ -19,13 +19,10 @@ rule export_run:
         **tier_resources("score"),
     params:
         cfg=export_params(),
+        # the rule's name in the usage records (the step's name is `export`)
+        rule="export_run",
     shell:
-        "hpcpipe export --rule {rule} --params {params.cfg:q} --model {input.model:q} "
+        "hpcpipe export --rule {params.rule:q} --params {params.cfg:q} --model {input.model:q} "
         "--features {input.features:q} --preprocessed {input.preprocessed:q} "
         "--stats {input.stats:q} --output {output:q} --threads {threads} --log {log:q}"
         " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
-
-
-rule export:
-    input:
-        run_outputs(rules.export_run.output[0]),
