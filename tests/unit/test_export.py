@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import xarray as xr
 from test_forecasts import VARIABLES, save_model, stores
 
@@ -33,13 +34,23 @@ assert not [m for m in sys.modules if m.split(".")[0] == "hpcpipe"]
 """
 
 
-def test_the_artifact_predicts_like_the_model_without_hpcpipe(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """A real (untrained) CNN exported once: (store dir, model.pt, metadata)."""
+    tmp_path = tmp_path_factory.mktemp("export")
     stores(tmp_path)
     model_path = tmp_path / "models" / "cnn" / "0" / "model.pt"
     save_model(model_path)
-    out = tmp_path / "export" / "cnn" / "0"
     md = export(model_path, tmp_path / "test.zarr", tmp_path / "preprocessed.zarr",
-                tmp_path / "stats.json", out, {"variables": VARIABLES})  # fmt: skip
+                tmp_path / "stats.json", tmp_path / "export", {"variables": VARIABLES})  # fmt: skip
+    return tmp_path, model_path, md
+
+
+def test_the_artifact_predicts_like_the_model_without_hpcpipe(
+    exported: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    where, model_path, md = exported
+    out = where / "export"
     assert md["format"] == "torch.export" and (out / "model.pt2").is_file()
     assert json.loads((out / "metadata.json").read_text())["output"]["variables"] == VARIABLES
     assert {p.name for p in out.iterdir()} == {
@@ -47,7 +58,7 @@ def test_the_artifact_predicts_like_the_model_without_hpcpipe(tmp_path: Path) ->
     }  # fmt: skip
 
     # 5 samples: another batch size than the export's example (the batch is dynamic)
-    x = xr.open_zarr(tmp_path / "test.zarr")["inputs"].values[:5]
+    x = xr.open_zarr(where / "test.zarr")["inputs"].values[:5]
     np.save(tmp_path / "x.npy", x)
     user = tmp_path / "user"
     user.mkdir()
@@ -61,19 +72,16 @@ def test_the_artifact_predicts_like_the_model_without_hpcpipe(tmp_path: Path) ->
     np.testing.assert_array_equal(np.load(user / "y.npy"), predict(model, x, 64))
 
 
-def test_the_artifact_helpers_match_the_pipeline(tmp_path: Path) -> None:
+def test_the_artifact_helpers_match_the_pipeline(exported: tuple[Path, Path, dict]) -> None:
     """Artifact.inputs rebuilds the feature channels; to_physical is what predict stores."""
     from hpcpipe import export_predict, forecasts
     from hpcpipe.evaluate import scoring
     from hpcpipe.periods import period_of
 
-    test, pre = (scoring._as_str_coord(ds) for ds in stores(tmp_path))
-    model_path = tmp_path / "model.pt"
-    save_model(model_path)
-    out = tmp_path / "export"
-    export(model_path, tmp_path / "test.zarr", tmp_path / "preprocessed.zarr",
-           tmp_path / "stats.json", out, {"variables": VARIABLES})  # fmt: skip
-    art = export_predict.Artifact(out)
+    where = exported[0]
+    test = scoring._as_str_coord(xr.open_zarr(where / "test.zarr"))
+    pre = scoring._as_str_coord(xr.open_zarr(where / "preprocessed.zarr"))
+    art = export_predict.Artifact(where / "export")
     part = test.isel(sample=slice(0, 4)).load()
     lag0 = pre["anomaly"].sel(time=part["time"]).values[:, None]  # (N, lag, variable, lat, lon)
     np.testing.assert_array_equal(art.inputs(lag0), part["inputs"].values)
