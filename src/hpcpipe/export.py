@@ -109,10 +109,11 @@ def metadata(
 ) -> dict[str, Any]:  # fmt: skip
     """What predict.py needs (and a user wants to know) besides the graph."""
     from hpcpipe import __version__
+    from hpcpipe.forecasts import units_of
     from hpcpipe.predict import identity_attrs
     from hpcpipe.provenance import recorded_checksum
 
-    stats = json.loads(Path(stats_path).read_text())["variables"]
+    units = units_of(stats_path)
     variables = decode_str(test["variable"].values)
     period = pre["period"]
     channels = decode_str(test["channel"].values)
@@ -140,7 +141,7 @@ def metadata(
             # the preprocessed store's, as scoring uses them (stats.json has the same)
             "mean": {v: float(pre["mean"].values[pre_vars.index(v)]) for v in variables},
             "std": {v: float(pre["std"].values[pre_vars.index(v)]) for v in variables},
-            "units": {v: stats[v].get("units", "") for v in variables},
+            "units": {v: units.get(v, "") for v in variables},
             "formula": "x = a * std + mean + climatology[period(valid time)]",
         },
         "climatology": {

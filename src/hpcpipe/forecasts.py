@@ -76,6 +76,15 @@ def axis_timedeltas(leads: Sequence[int], times: Any, where: str) -> np.ndarray:
     return lead_timedeltas(leads, axis.step, axis.months)
 
 
+def units_of(stats_path: StrPath) -> dict[str, str]:
+    """The variables' units from stats.json (preprocess): what forecasts are stored in."""
+    try:
+        stats = json.loads(Path(stats_path).read_text())["variables"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{stats_path}: cannot read the variables' units ({exc})") from exc
+    return {str(v): str(s.get("units", "")) for v, s in stats.items()}
+
+
 def expected(
     test: xr.Dataset, pre: xr.Dataset, variables: Sequence[str], units: Mapping[str, str]
 ) -> Expected:

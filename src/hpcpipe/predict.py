@@ -7,7 +7,6 @@ one chunk of inputs and forecasts is in memory at once.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -56,7 +55,7 @@ def predict_store(
     check_meta(meta, test)
     check_not_empty(test)
     variables = [str(v) for v in params["variables"]]
-    units = {v: s.get("units", "") for v, s in _stats(stats_path).items()}
+    units = forecasts.units_of(stats_path)
     norm = normalisation(pre, variables)
     timedeltas = forecasts.axis_timedeltas(
         [int(x) for x in test["lead"].values], pre.indexes["time"], str(preprocessed_dir)
@@ -133,13 +132,6 @@ def identity_attrs(model_path: Path, meta: dict) -> dict[str, Any]:
         "model_epoch": meta.get("epoch"),
         "val_loss": float(val_loss) if finite else None,
     }
-
-
-def _stats(path: StrPath) -> dict[str, dict]:
-    try:
-        return dict(json.loads(Path(path).read_text())["variables"])
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the variables' units ({exc})") from exc
 
 
 def _as_str(ds: xr.Dataset) -> xr.Dataset:

@@ -68,7 +68,7 @@ def evaluate_forecasts(
     ``test``: features/test.zarr; ``pre``: preprocessed.zarr with the ``quantile`` of
     thresholds.zarr (see docs/data-contracts.md). ``others``: more forecasters by name (the
     ``evaluate.external`` stores), normalised anomalies like ``pred_norm``, scored on the same
-    samples and points; they appear after the baselines (:func:`forecasters`).
+    samples and points; they come after the model and the baselines (FORECASTERS).
     Returns ``{"metrics": <metrics.json content without model/seed>, "skill": Dataset(rmse,
     acc, precision, recall, f1 over forecaster, variable, lead), "error_maps": DataArray
     (forecaster, variable, lat, lon) at the headline lead, "variables", "leads"}``.
@@ -196,11 +196,6 @@ def to_normalised(x: xr.DataArray, mean: xr.DataArray, std: xr.DataArray, c: xr.
     return (x - c - mean) / std
 
 
-def forecasters(others: Mapping[str, Any] | None = None) -> tuple[str, ...]:
-    """The forecasters scored: the model, the baselines, then the external ones by name."""
-    return (*FORECASTERS, *(others or {}))
-
-
 def verification(
     pred_norm: xr.DataArray,
     test: xr.Dataset,
@@ -280,7 +275,7 @@ def _climatology(
 
 
 def _names(v: Verification) -> list[str]:
-    return list(v.physical)  # in the order of forecasters()
+    return list(v.physical)  # FORECASTERS, then the others in their order
 
 
 def _forecaster_dim(names: list[str]) -> xr.DataArray:

@@ -7,7 +7,6 @@ ones, check them (:mod:`hpcpipe.forecasts`) + :func:`~hpcpipe.evaluate.scoring.e
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -62,11 +61,7 @@ def evaluate(
     test = _as_str(open_store(features_test_dir, "test features"))
     pre = _with_quantile(_as_str(open_store(preprocessed_dir, "preprocessed data")), thresholds_dir)
     check_not_empty(test)
-    units = {
-        v: s.get("units", "")
-        for v, s in json.loads(Path(stats_path).read_text())["variables"].items()
-    }
-    want = forecasts.expected(test, pre, variables, units)
+    want = forecasts.expected(test, pre, variables, forecasts.units_of(stats_path))
     norm = normalisation(pre, variables)
     # Every store is checked before any is read: a bad external one fails at once, by name.
     stores = {"model": forecasts.open_checked(forecast_path, "model", want)}
