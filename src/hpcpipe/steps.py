@@ -160,17 +160,20 @@ def run_train(ns: argparse.Namespace) -> None:
 def run_predict(ns: argparse.Namespace) -> None:
     from hpcpipe.predict import predict_store
 
-    predict_store(ns.model, ns.features, ns.preprocessed, ns.stats, ns.output, ns.params,
-                  threads=ns.threads)  # fmt: skip
+    predict_store(
+        ns.model, ns.features, ns.preprocessed, ns.stats, ns.output, ns.params, ns.threads
+    )
 
 
 def run_evaluate(ns: argparse.Namespace) -> None:
+    import json
+
     from hpcpipe.evaluate.step import OUTPUTS, evaluate
 
     outputs = {name: getattr(ns, name) for name in OUTPUTS}
     evaluate(
         ns.forecasts, ns.history, ns.features, ns.preprocessed, ns.thresholds, ns.stats, outputs,
-        ns.params, external=ns.external or {},
+        ns.params, external=json.loads(ns.external) if ns.external else {},
     )  # fmt: skip
 
 
@@ -190,19 +193,6 @@ def run_export(ns: argparse.Namespace) -> None:
     from hpcpipe.export import export
 
     export(ns.model, ns.features, ns.preprocessed, ns.stats, ns.output, ns.params)
-
-
-def json_paths(text: str) -> dict[str, str]:
-    """An argparse type: a JSON object of names -> paths (``--external``)."""
-    import json
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise argparse.ArgumentTypeError("must be a JSON object of names -> paths")
-    return {str(k): v for k, v in value.items()}
 
 
 def run_summary(ns: argparse.Namespace) -> None:
@@ -243,6 +233,13 @@ def run_usage_table(ns: argparse.Namespace) -> None:
 
 def _in(flag: str, help: str = "", many: bool = False, required: bool = True) -> Arg:
     return Arg(flag, "input", help, many=many, required=required)
+
+
+def _model_on_test(output: str) -> tuple[Arg, ...]:
+    """predict's and export's arguments: a model, the test split it is applied to, the output."""
+    return (_in("--model", "model.pt"), _in("--features", "the test split's feature store"),
+            _in("--preprocessed"), _in("--stats", "stats.json (the variables' units)"),
+            _out("--output", output))  # fmt: skip
 
 
 def _run_pattern(required: bool) -> tuple[Arg, Arg]:
@@ -325,13 +322,7 @@ STEPS: tuple[Step, ...] = (
         "predict",
         "one trained model's test-period forecasts as a forecast store (WeatherBench 2 layout)",
         run_predict,
-        (
-            _in("--model", "model.pt"),
-            _in("--features", "the test split's feature store"),
-            _in("--preprocessed"),
-            _in("--stats", "stats.json (the variables' units)"),
-            _out("--output", "the forecast store (.zarr)"),
-        ),
+        _model_on_test("the forecast store (.zarr)"),
     ),
     Step(
         "evaluate",
@@ -344,15 +335,8 @@ STEPS: tuple[Step, ...] = (
             _in("--preprocessed"),
             _in("--thresholds"),
             _in("--stats", "stats.json (the observations' units)"),
-            # Options, not inputs: an external store may be terabytes, and the manifest would
-            # checksum every chunk of it; its path is in the rule's input and this command.
-            Arg(
-                "--external",
-                "option",
-                "forecast stores made elsewhere (evaluate.external) as JSON: {name: path}",
-                required=False,
-                type=json_paths,
-            ),
+            # not an input: the manifest would checksum every chunk of a store of TBs
+            Arg("--external", "option", "evaluate.external as JSON: {name: path}", required=False),
             _out("--metrics", "metrics.json"),
             _out("--table", "metrics.csv"),
             _out("--skill", "skill against lead time (PNG)"),
@@ -364,13 +348,7 @@ STEPS: tuple[Step, ...] = (
         "export",
         "a self-contained inference artifact of one model (torch.export .pt2 + JSON + predict.py)",
         run_export,
-        (
-            _in("--model", "model.pt"),
-            _in("--features", "the test split's feature store (an example input, channel names)"),
-            _in("--preprocessed", "the normalisation and climatology"),
-            _in("--stats", "stats.json (the variables' units)"),
-            _out("--output", "the artifact's directory"),
-        ),
+        _model_on_test("the artifact's directory"),
     ),
     Step(
         "summary",

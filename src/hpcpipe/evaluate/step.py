@@ -57,6 +57,8 @@ def evaluate(
     elsewhere, scored beside the baselines. Returns the content of metrics.json.
     """
     paths = output_paths(outputs)  # before any work: a wrong call fails at once
+    if not isinstance(external or {}, Mapping):
+        raise ValueError(f"--external must be a JSON object of names -> paths, not {external!r}")
     variables = [str(v) for v in params["variables"]]
     test = _as_str(open_store(features_test_dir, "test features"))
     pre = _with_quantile(_as_str(open_store(preprocessed_dir, "preprocessed data")), thresholds_dir)
