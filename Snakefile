@@ -19,6 +19,7 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
 include: "workflow/rules/usage.smk"
 
 
@@ -29,6 +30,13 @@ rule all:
         rules.summary.output.chart,
         rules.usage_table.output.table,
         SWEEP_RESULTS,
+
+
+# `snakemake export`: every run's inference artifact (workflow/rules/export.smk); not in
+# `all`, since torch.export takes about 8 s a model on 2 cores.
+rule export:
+    input:
+        run_outputs(rules.export_run.output[0]),
 
 
 onsuccess:

@@ -82,6 +82,12 @@ def cmd_check_config(ns: argparse.Namespace) -> None:
 
     config = load(ns.config, *ns.overlays)
     names = " + ".join([ns.config, *ns.overlays])
+    if external := config["evaluate"].get("external"):
+        # The stores made elsewhere, as the workflow checks them before any job
+        from hpcpipe.forecasts import plan_problems
+
+        if problems := plan_problems(external, config):
+            raise ValueError("; ".join(problems))
     if config["dataset"]["source"] == "file":
         # The same check the workflow makes before it starts: can the data serve the config?
         from hpcpipe.ingest import check_config_against_file

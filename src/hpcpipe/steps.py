@@ -159,13 +159,23 @@ def run_train(ns: argparse.Namespace) -> None:
     log.info("training done: %s", summary)
 
 
+def run_predict(ns: argparse.Namespace) -> None:
+    from hpcpipe.predict import predict_store
+
+    predict_store(
+        ns.model, ns.features, ns.preprocessed, ns.stats, ns.output, ns.params, ns.threads
+    )
+
+
 def run_evaluate(ns: argparse.Namespace) -> None:
+    import json
+
     from hpcpipe.evaluate.step import OUTPUTS, evaluate
 
     outputs = {name: getattr(ns, name) for name in OUTPUTS}
     evaluate(
-        ns.model, ns.history, ns.features, ns.preprocessed, ns.thresholds, outputs, ns.params,
-        threads=ns.threads,
+        ns.forecasts, ns.history, ns.features, ns.preprocessed, ns.thresholds, ns.stats, outputs,
+        ns.params, external=json.loads(ns.external) if ns.external else {},
     )  # fmt: skip
 
 
@@ -179,6 +189,12 @@ def _metrics_paths(ns: argparse.Namespace) -> list[Path]:
     if not (ns.runs and ns.metrics_pattern):
         raise SystemExit(f"hpcpipe {ns.step.name}: give --metrics, or --runs and --metrics-pattern")
     return [Path(r.path(ns.metrics_pattern)) for r in runs_of_spec(ns.runs)]
+
+
+def run_export(ns: argparse.Namespace) -> None:
+    from hpcpipe.export import export
+
+    export(ns.model, ns.features, ns.preprocessed, ns.stats, ns.output, ns.params)
 
 
 def run_summary(ns: argparse.Namespace) -> None:
@@ -219,6 +235,13 @@ def run_usage_table(ns: argparse.Namespace) -> None:
 
 def _in(flag: str, help: str = "", many: bool = False, required: bool = True) -> Arg:
     return Arg(flag, "input", help, many=many, required=required)
+
+
+def _model_on_test(output: str) -> tuple[Arg, ...]:
+    """predict's and export's arguments: a model, the test split it is applied to, the output."""
+    return (_in("--model", "model.pt"), _in("--features", "the test split's feature store"),
+            _in("--preprocessed"), _in("--stats", "stats.json (the variables' units)"),
+            _out("--output", output))  # fmt: skip
 
 
 def _run_pattern(required: bool) -> tuple[Arg, Arg]:
@@ -298,21 +321,36 @@ STEPS: tuple[Step, ...] = (
         ),
     ),
     Step(
+        "predict",
+        "one trained model's test-period forecasts as a forecast store (WeatherBench 2 layout)",
+        run_predict,
+        _model_on_test("the forecast store (.zarr)"),
+    ),
+    Step(
         "evaluate",
-        "skill of one trained model against the baselines",
+        "skill of one run's stored forecasts against the baselines (and external forecasts)",
         run_evaluate,
         (
-            _in("--model", "model.pt"),
+            _in("--forecasts", "the run's forecast store (predict)"),
             _in("--history", "the model's history.csv (its loss curve)"),
             _in("--features", "the test split's feature store"),
             _in("--preprocessed"),
             _in("--thresholds"),
+            _in("--stats", "stats.json (the observations' units)"),
+            # not an input: the manifest would checksum every chunk of a store of TBs
+            Arg("--external", "option", "evaluate.external as JSON: {name: path}", required=False),
             _out("--metrics", "metrics.json"),
             _out("--table", "metrics.csv"),
             _out("--skill", "skill against lead time (PNG)"),
             _out("--maps", "error maps at the headline lead (PNG)"),
             _out("--loss", "loss curve (PNG)"),
         ),
+    ),
+    Step(
+        "export",
+        "a self-contained inference artifact of one model (torch.export .pt2 + JSON + predict.py)",
+        run_export,
+        _model_on_test("the artifact's directory"),
     ),
     Step(
         "summary",

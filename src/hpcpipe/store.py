@@ -10,7 +10,7 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,40 @@ def write_store(ds: xr.Dataset, path: str | os.PathLike[str], chunks: dict[str, 
         ds.to_zarr(
             store, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=True, encoding=enc
         )
+    WRITTEN[os.path.abspath(path)] = combine_checksums(store.crcs)
+
+
+def write_store_blocks(
+    template: xr.Dataset,
+    path: str | os.PathLike[str],
+    dim: str,
+    blocks: Iterable[xr.Dataset],
+) -> None:
+    """Write a store whose data variables arrive block by block along ``dim``, atomically.
+
+    ``template``: the whole store's coordinates and attributes, its data variables lazy (Dask;
+    never computed: only their shapes and dtypes are used). ``blocks``: consecutive slices of
+    the data variables along ``dim``, each as long as the template's chunk along ``dim`` (the
+    last may be shorter), so only one block is in memory at once (predictions made chunk by
+    chunk). Everything else as :func:`write_store`.
+    """
+    names = list(template.data_vars)
+    enc = encoding(template)
+    for var in template.variables.values():
+        var.encoding = {}
+    with atomic_path(path) as tmp:
+        store = ChecksumStore(tmp)
+        template.to_zarr(
+            store, mode="w", consolidated=True, zarr_format=ZARR_FORMAT, compute=False, encoding=enc
+        )
+        start = 0
+        for block in blocks:
+            n = block.sizes[dim]
+            part = block[names].drop_vars(list(block[names].coords))
+            part.to_zarr(store, region={dim: slice(start, start + n)}, zarr_format=ZARR_FORMAT)
+            start += n
+        if start != template.sizes[dim]:
+            raise ValueError(f"{path}: blocks cover {start} of {template.sizes[dim]} along {dim}")
     WRITTEN[os.path.abspath(path)] = combine_checksums(store.crcs)
 
 

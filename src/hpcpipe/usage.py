@@ -248,10 +248,12 @@ def _gpu_util() -> float | None:
     """This process's GPU's utilisation now (%), once the step initialised CUDA; None
     before, or without NVML's Python bindings (unknown, not an error)."""
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_initialized():
-        return None
     try:
+        if torch is None or not torch.cuda.is_initialized():
+            return None
         return float(torch.cuda.utilization())
+    # also while the step is still importing torch (this runs in the meter's thread): a
+    # partly initialised module has no .cuda yet
     except Exception:
         return None
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -247,38 +245,33 @@ def test_outputs_written(tmp_path: Path) -> None:
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
-def test_evaluate_end_to_end_with_a_persistence_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """evaluate() with a stand-in hpcpipe.models.files whose 'model' repeats the lag-0 input."""
+def test_evaluate_end_to_end_with_a_persistence_model(tmp_path: Path) -> None:
+    """evaluate() on a forecast store whose 'model' repeats the lag-0 input (anomaly persistence)."""
+    from hpcpipe import forecasts
+
     make_stores(tmp_path, "datetime64")
-    fake = types.ModuleType("hpcpipe.models.files")
-
-    def load_model(path: Any, map_location: str = "cpu") -> tuple[Any, dict]:
-        return object(), {
-            "model": "persist",
-            "variables": VARIABLES,
-            "leads": LEADS,
-            "train_config": {"seed": 3},
-        }
-
-    def predict(model: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-        return np.repeat(inputs[:, None], len(LEADS), axis=1)
-
-    fake.load_model, fake.predict = load_model, predict  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "hpcpipe.models.files", fake)
-    model_path = tmp_path / "models" / "persist" / "3" / "model.pt"
-    write_history(model_path.parent / "history.csv")
+    test, pre = (scoring._as_str_coord(ds) for ds in open_both(tmp_path))
+    pred = np.repeat(test["inputs"].values[:, None], len(LEADS), axis=1)
+    units = {v: "1" for v in VARIABLES}
+    td = forecasts.axis_timedeltas(LEADS, pre.indexes["time"], "pre")
+    store = tmp_path / "forecasts" / "persist" / "3.zarr"
+    tmpl = forecasts.template(test, VARIABLES, units, td, {"model": "persist", "seed": 3}, 100)
+    norm = scoring.normalisation(pre, VARIABLES)
+    forecasts.write(tmpl, store, [forecasts.block(pred, test, norm, VARIABLES)])
+    stats = {"variables": {v: {"units": "1"} for v in VARIABLES}}
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    write_history(tmp_path / "history.csv")
     out = tmp_path / "eval"
     thr = xr.open_zarr(tmp_path / "preprocessed.zarr")[["quantile"]].load()
     thr.attrs["extreme_quantile"] = 0.9
     thr.to_zarr(tmp_path / "thresholds.zarr", zarr_format=2)
     m = step.evaluate(
-        model_path,
-        model_path.parent / "history.csv",
+        store,
+        tmp_path / "history.csv",
         tmp_path / "test.zarr",
         tmp_path / "preprocessed.zarr",
         tmp_path / "thresholds.zarr",
+        tmp_path / "stats.json",
         output_paths(out),
         PARAMS,
     )

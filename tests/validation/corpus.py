@@ -51,6 +51,24 @@ def _variables(value: Callable[[Path], str]) -> Callable[[Path], Overlay]:
     return lambda d: {"dataset": {"variables": [value(d)]}}
 
 
+def _external_store(d: Path) -> Overlay:
+    """A forecast store of the workflow tests' built-in grid with z500 in feet."""
+    import pandas as pd
+
+    from hpcpipe.generate.dataset import latitudes, longitudes
+
+    lat, lon, td = latitudes(16), longitudes(32), pd.to_timedelta([1, 2, 3], unit="D")
+    dims = ("time", "prediction_timedelta", "latitude", "longitude")
+    zeros = np.zeros((2, 3, 16, 32), np.float32)
+    ds = xr.Dataset(
+        {"t2m": (dims, zeros, {"units": "K"}), "z500": (dims, zeros, {"units": "ft"})},
+        coords={"time": pd.date_range("2001-03-01", periods=2), "prediction_timedelta": td,
+                "latitude": lat, "longitude": lon},
+    )  # fmt: skip
+    ds.to_zarr(d / "other.zarr", zarr_format=2, consolidated=True)
+    return {"evaluate": {"external": {"other": str(d / "other.zarr")}}}
+
+
 SPLIT_OUTSIDE = {"test": ["2001-03-01", "2003-12-31"]}
 
 CONFIG_CASES: list[Case] = [
@@ -112,6 +130,11 @@ CONFIG_CASES: list[Case] = [
                 "preprocess.split.train", "is too short"),
     config_case("lead_longer_than_the_data", {"features": {"leads": [1, 400]}},
                 "preprocess.split.train", "too few for features.lags", "features.leads [1, 400]"),
+    config_case("external_named_like_a_baseline",
+                {"evaluate": {"external": {"persistence": "/data/other.zarr"}}},
+                "evaluate.external", "'persistence' should not be valid"),
+    Case("external_store_in_other_units", lambda d: _external_store(d),
+         ("evaluate.external.other", "other.zarr", "'z500' is in 'ft', the observations in 'm'")),
     config_case("headline_lead_not_a_lead", {"evaluate": {"headline_lead": 5}},
                 "evaluate.headline_lead", "5 is not one of features.leads"),
     config_case("start_date_does_not_exist", {"dataset": {"builtin": {"start": "2000-13-01"}}},

@@ -121,10 +121,19 @@ SHELL_FIELDS = {
         "wildcards.seed:q", "output.model:q", "output.history:q", "threads", "log:q",
         "wildcards.model:q", "wildcards.seed:q", "wildcards.point:q",
     ],
+    "predict": [
+        "params.cfg:q", "input.model:q", "input.features:q", "input.preprocessed:q",
+        "input.stats:q", "output:q", "threads", "log:q",
+    ],
     "evaluate": [
-        "params.cfg:q", "input.model:q", "input.history:q", "input.features:q",
-        "input.preprocessed:q", "input.thresholds:q", "output.metrics:q", "output.table:q",
-        "output.skill:q", "output.maps:q", "output.loss:q", "threads", "log:q",
+        "params.cfg:q", "input.forecasts:q", "input.history:q", "input.features:q",
+        "input.preprocessed:q", "input.thresholds:q", "input.stats:q", "params.external:q",
+        "output.metrics:q", "output.table:q", "output.skill:q", "output.maps:q", "output.loss:q",
+        "threads", "log:q",
+    ],
+    "export_run": [
+        "params.rule:q", "params.cfg:q", "input.model:q", "input.features:q", "input.preprocessed:q",
+        "input.stats:q", "output:q", "threads", "log:q",
     ],
     "summary": [
         "params.runs:q", "params.pattern:q", "output.table:q", "output.chart:q", "params.title:q", "output.provenance:q",

@@ -182,8 +182,35 @@ def train_params(wildcards):
     return found[1]
 
 
+def predict_params():
+    return as_json({"variables": VARIABLES})
+
+
 def evaluate_params():
-    return as_json({"variables": VARIABLES, **config["evaluate"]})
+    # without `external`: its stores are inputs, and their names and paths are in the command
+    scoring = {k: v for k, v in config["evaluate"].items() if k != "external"}
+    return as_json({"variables": VARIABLES, **scoring})
+
+
+# Forecasts made elsewhere, scored beside the baselines (evaluate.external: name -> store);
+# checked against what the config fixes before any job (hpcpipe.forecasts), the rest (the
+# test samples' times, a file's grid and units) at the start of evaluate.
+EXTERNAL = config["evaluate"].get("external") or {}
+if EXTERNAL:
+    from hpcpipe.forecasts import plan_problems
+
+    _problems = plan_problems(EXTERNAL, config)
+    if _problems:
+        raise WorkflowError("; ".join(_problems))
+
+
+def external_stores():
+    """evaluate's --external: {name: path} as JSON."""
+    return as_json(EXTERNAL)
+
+
+def export_params():
+    return as_json({"variables": VARIABLES})
 
 
 # What the end of a run says (Snakefile's onsuccess/onerror): where the results are, and

@@ -1,10 +1,39 @@
-rule evaluate:
+# A run's test-period forecasts in physical units, WeatherBench 2's layout (hpcpipe.forecasts):
+# what evaluate scores, and what can be compared with forecasts made elsewhere.
+rule predict:
     input:
         model=rules.train.output.model,
+        features=rules.features.output.test,
+        preprocessed=rules.preprocess.output.store,
+        stats=rules.preprocess.output.stats,
+    output:
+        directory("results/forecasts/{model}/{seed}{point}.zarr"),
+    log:
+        "logs/predict/{model}/{seed}{point}.log",
+    conda:
+        conda_env("train")
+    threads: tier_threads("score")
+    resources:
+        **tier_resources("score"),
+    params:
+        cfg=predict_params(),
+    shell:
+        "hpcpipe predict --params {params.cfg:q} --model {input.model:q} "
+        "--features {input.features:q} --preprocessed {input.preprocessed:q} "
+        "--stats {input.stats:q} --output {output:q} --threads {threads} --log {log:q}"
+        " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"
+
+
+# Scores stored forecasts: the run's, and those of evaluate.external (checked before any job).
+rule evaluate:
+    input:
+        forecasts=rules.predict.output[0],
         history=rules.train.output.history,
         features=rules.features.output.test,
         preprocessed=rules.preprocess.output.store,
         thresholds=rules.thresholds.output[0],
+        stats=rules.preprocess.output.stats,
+        external=EXTERNAL.values(),
     output:
         metrics="results/eval/{model}/{seed}{point}/metrics.json",
         table=report(
@@ -40,10 +69,12 @@ rule evaluate:
         **tier_resources("score"),
     params:
         cfg=evaluate_params(),
+        external=external_stores(),
     shell:
-        "hpcpipe evaluate --params {params.cfg:q} --model {input.model:q} "
+        "hpcpipe evaluate --params {params.cfg:q} --forecasts {input.forecasts:q} "
         "--history {input.history:q} --features {input.features:q} "
         "--preprocessed {input.preprocessed:q} --thresholds {input.thresholds:q} "
+        "--stats {input.stats:q} --external {params.external:q} "
         "--metrics {output.metrics:q} --table {output.table:q} --skill {output.skill:q} "
         "--maps {output.maps:q} --loss {output.loss:q} --threads {threads} --log {log:q}"
         " --wildcards={wildcards:q} --mem-mb {resources.mem_mb} --runtime {resources.runtime}"

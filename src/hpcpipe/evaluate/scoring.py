@@ -13,6 +13,8 @@ Conventions (see :mod:`hpcpipe.evaluate.metrics` for the metric formulas):
 * Extremes: on normalised anomalies against the per-grid-point ``quantile`` of the
   ``thresholds`` step (event = anomaly > quantile). The climatology forecast's normalised
   anomaly is ``-mean/std`` (physical anomaly 0), persistence's is the lag-0 anomaly.
+* Other forecasters (``evaluate.external``: stored forecasts made elsewhere) are scored like
+  the model, on the same samples and points, and listed after the baselines.
 * JSON cannot hold NaN: undefined values (e.g. precision 0/0) are written as null.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -55,12 +57,18 @@ class Verification:
 
 
 def evaluate_forecasts(
-    pred_norm: xr.DataArray, test: xr.Dataset, pre: xr.Dataset, params: dict
+    pred_norm: xr.DataArray,
+    test: xr.Dataset,
+    pre: xr.Dataset,
+    params: dict,
+    others: Mapping[str, xr.DataArray] | None = None,
 ) -> dict:
     """Score normalised-anomaly forecasts ``pred_norm`` (sample, lead, variable, lat, lon).
 
     ``test``: features/test.zarr; ``pre``: preprocessed.zarr with the ``quantile`` of
-    thresholds.zarr (see docs/data-contracts.md).
+    thresholds.zarr (see docs/data-contracts.md). ``others``: more forecasters by name (the
+    ``evaluate.external`` stores), normalised anomalies like ``pred_norm``, scored on the same
+    samples and points; they come after the model and the baselines (FORECASTERS).
     Returns ``{"metrics": <metrics.json content without model/seed>, "skill": Dataset(rmse,
     acc, precision, recall, f1 over forecaster, variable, lead), "error_maps": DataArray
     (forecaster, variable, lat, lon) at the headline lead, "variables", "leads"}``.
@@ -68,8 +76,9 @@ def evaluate_forecasts(
     variables = [str(v) for v in params["variables"]]
     headline = int(params["headline_lead"])
     test, pre, pred_norm = _as_str_coord(test), _as_str_coord(pre), _as_str_coord(pred_norm)
-    leads = _check_inputs(pred_norm, test, pre, params)
-    v = verification(pred_norm, test, pre, variables)
+    others = {k: _as_str_coord(f) for k, f in (others or {}).items()}
+    leads = _check_inputs(pred_norm, test, pre, params, others)
+    v = verification(pred_norm, test, pre, variables, others)
     skill = skill_scores(v)
     return {
         "metrics": metrics_dict(skill, variables, leads, headline, params, test.sizes[SAMPLE]),
@@ -89,7 +98,11 @@ def check_not_empty(test: xr.Dataset) -> None:
 
 
 def _check_inputs(
-    pred_norm: xr.DataArray, test: xr.Dataset, pre: xr.Dataset, params: dict
+    pred_norm: xr.DataArray,
+    test: xr.Dataset,
+    pre: xr.Dataset,
+    params: dict,
+    others: Mapping[str, xr.DataArray],
 ) -> list[int]:
     """Fail early with a clear message; returns the test store's leads."""
     check_not_empty(test)
@@ -98,10 +111,13 @@ def _check_inputs(
     if headline not in leads:
         raise ValueError(f"evaluate.headline_lead={headline} is not one of the leads {leads}")
     _check_quantile(pre, params)
-    if pred_norm.shape != test["targets"].shape:
-        raise ValueError(
-            f"predictions {pred_norm.shape} do not match targets {test['targets'].shape}"
-        )
+    for name, f in {"model": pred_norm, **others}.items():
+        if f.shape != test["targets"].shape:
+            raise ValueError(
+                f"predictions of {name!r} {f.shape} do not match targets {test['targets'].shape}"
+            )
+    if clash := sorted(set(others) & set(FORECASTERS)):
+        raise ValueError(f"forecasters named {clash} clash with the built-in ones {FORECASTERS}")
     return leads
 
 
@@ -137,7 +153,7 @@ def _period_kind(clim: xr.DataArray) -> str:
     return str(kind)
 
 
-def _climatology_at(clim: xr.DataArray, times: xr.DataArray, kind: str) -> xr.DataArray:
+def climatology_at(clim: xr.DataArray, times: xr.DataArray, kind: str) -> xr.DataArray:
     """``C[period(t)]`` for every time in ``times`` (any dims); clear error for a missing period."""
     period = period_of(times, kind, clim["period"].attrs.get("hours"))
     missing = np.setdiff1d(np.unique(period.values), clim["period"].values)
@@ -146,24 +162,64 @@ def _climatology_at(clim: xr.DataArray, times: xr.DataArray, kind: str) -> xr.Da
     return clim.sel(period=period).drop_vars("period", errors="ignore")
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """What turns normalised anomalies into physical values and back (float64)."""
+
+    mean: xr.DataArray  # (variable)
+    std: xr.DataArray  # (variable)
+    climatology: xr.DataArray  # (period, variable, lat, lon), physical units
+    kind: str  # the climatology's period kind
+
+    def at(self, times: xr.DataArray) -> xr.DataArray:
+        """C at ``times`` (any dims): the climatology that physical values are relative to."""
+        return climatology_at(self.climatology, times.reset_coords(drop=True), self.kind)
+
+
+def normalisation(pre: xr.Dataset, variables: list[str]) -> Normalisation:
+    sel = {"variable": variables}
+    return Normalisation(
+        mean=pre["mean"].sel(sel).astype(np.float64).load(),
+        std=pre["std"].sel(sel).astype(np.float64).load(),
+        climatology=pre["climatology"].sel(sel).astype(np.float64).load(),
+        kind=_period_kind(pre["climatology"]),
+    )
+
+
+def to_physical(a: xr.DataArray, mean: xr.DataArray, std: xr.DataArray, c: xr.DataArray) -> Any:
+    """x = a * std + mean + C: a normalised anomaly in physical units."""
+    return a * std + mean + c
+
+
+def to_normalised(x: xr.DataArray, mean: xr.DataArray, std: xr.DataArray, c: xr.DataArray) -> Any:
+    """a = (x - C - mean) / std: the inverse of :func:`to_physical`."""
+    return (x - c - mean) / std
+
+
 def verification(
-    pred_norm: xr.DataArray, test: xr.Dataset, pre: xr.Dataset, variables: list[str]
+    pred_norm: xr.DataArray,
+    test: xr.Dataset,
+    pre: xr.Dataset,
+    variables: list[str],
+    others: Mapping[str, xr.DataArray] | None = None,
 ) -> Verification:
     """Model, baselines and observations, normalised and in physical units (x = a*std + mean + C)."""
     sel = {"variable": variables}
-    kind = _period_kind(pre["climatology"])
+    norm = normalisation(pre, variables)
+    mean, std = norm.mean, norm.std
     mask = test["mask"].sel(sel).astype(bool).load()
-    mean = pre["mean"].sel(sel).astype(np.float64).load()
-    std = pre["std"].sel(sel).astype(np.float64).load()
-    clim = pre["climatology"].sel(sel).astype(np.float64).load()
     init_time = test["time"].reset_coords(drop=True)
-    c_valid = _climatology_at(clim, test["valid_time"].reset_coords(drop=True), kind)
-    c_init = _climatology_at(clim, init_time, kind)
+    c_valid = norm.at(test["valid_time"])
+    c_init = norm.at(init_time)
 
     coords = {SAMPLE: test[SAMPLE], "lead": test["lead"]}
-    f_norm = pred_norm.sel(sel).astype(np.float64).assign_coords(coords).where(mask)
+    given = {"model": pred_norm, **(others or {})}
+    f_norm = {
+        k: f.sel(sel).astype(np.float64).assign_coords(coords).where(mask) for k, f in given.items()
+    }
     o_norm = test["targets"].sel(sel).astype(np.float64).load().where(mask)
-    _warn_nonfinite(f_norm, mask)
+    for f in f_norm.values():
+        _warn_nonfinite(f, mask)
     a0 = pre["anomaly"].sel(sel).sel(time=init_time).reset_coords(drop=True)
     a0 = a0.astype(np.float64).load()
     persistence = _persistence(a0, mean, std, c_init, mask, test["lead"], o_norm.dims)
@@ -172,14 +228,20 @@ def verification(
         mask=mask,
         quantile=pre["quantile"].sel(sel).load(),
         climatology=c_valid,
-        obs=o_norm * std + mean + c_valid,
+        obs=to_physical(o_norm, mean, std, c_valid),
         obs_norm=o_norm,
         physical={
-            "model": f_norm * std + mean + c_valid,
+            "model": to_physical(f_norm["model"], mean, std, c_valid),
             "persistence": persistence[0],
             "climatology": climatology[0],
+            **{k: to_physical(f, mean, std, c_valid) for k, f in f_norm.items() if k != "model"},
         },
-        normalised={"model": f_norm, "persistence": persistence[1], "climatology": climatology[1]},
+        normalised={
+            "model": f_norm["model"],
+            "persistence": persistence[1],
+            "climatology": climatology[1],
+            **{k: f for k, f in f_norm.items() if k != "model"},
+        },
     )
 
 
@@ -193,7 +255,7 @@ def _persistence(
     dims: tuple[Hashable, ...],
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """The state at the initial time (anomaly ``a0``) at every lead: (physical, normalised)."""
-    physical = (a0 * std + mean + c_init).where(mask).expand_dims(lead=lead)
+    physical = to_physical(a0, mean, std, c_init).where(mask).expand_dims(lead=lead)
     normalised = a0.where(mask).expand_dims(lead=lead).transpose(*dims)
     return physical, normalised
 
@@ -212,16 +274,21 @@ def _climatology(
 # ----------------------------------------------------------------------------- scores
 
 
-def _forecaster_dim() -> xr.DataArray:
-    return xr.DataArray(list(FORECASTERS), dims="forecaster", name="forecaster")
+def _names(v: Verification) -> list[str]:
+    return list(v.physical)  # FORECASTERS, then the others in their order
+
+
+def _forecaster_dim(names: list[str]) -> xr.DataArray:
+    return xr.DataArray(names, dims="forecaster", name="forecaster")
 
 
 def skill_scores(v: Verification) -> xr.Dataset:
     """rmse, acc, precision, recall, f1 over (forecaster, variable, lead)."""
-    fc = _forecaster_dim()
-    rmse = xr.concat([metrics.rmse(v.physical[k], v.obs, v.mask, SAMPLE) for k in FORECASTERS], fc)
+    names = _names(v)
+    fc = _forecaster_dim(names)
+    rmse = xr.concat([metrics.rmse(v.physical[k], v.obs, v.mask, SAMPLE) for k in names], fc)
     acc = xr.concat(
-        [metrics.acc(v.physical[k], v.obs, v.climatology, v.mask, SAMPLE) for k in FORECASTERS],
+        [metrics.acc(v.physical[k], v.obs, v.climatology, v.mask, SAMPLE) for k in names],
         fc,
     )
     # The climatology forecast has zero anomaly: its ACC is 0/0, defined as 0.
@@ -229,7 +296,7 @@ def skill_scores(v: Verification) -> xr.Dataset:
     ext = xr.concat(
         [
             metrics.extreme_scores(v.normalised[k], v.obs_norm, v.quantile, v.mask, SAMPLE)
-            for k in FORECASTERS
+            for k in names
         ],
         fc,
     )
@@ -241,10 +308,9 @@ def skill_scores(v: Verification) -> xr.Dataset:
 def error_maps(v: Verification, headline: int) -> xr.DataArray:
     """Per-grid-point RMSE at the headline lead over (forecaster, variable, lat, lon)."""
     obs = v.obs.sel(lead=headline)
-    maps = [
-        metrics.rmse_map(v.physical[k].sel(lead=headline), obs, v.mask, SAMPLE) for k in FORECASTERS
-    ]
-    return xr.concat(maps, _forecaster_dim()).transpose("forecaster", "variable", "lat", "lon")
+    names = _names(v)
+    maps = [metrics.rmse_map(v.physical[k].sel(lead=headline), obs, v.mask, SAMPLE) for k in names]
+    return xr.concat(maps, _forecaster_dim(names)).transpose("forecaster", "variable", "lat", "lon")
 
 
 # ----------------------------------------------------------------------------- serialisation
@@ -262,7 +328,7 @@ def _by_lead(da: xr.DataArray, variables: list[str], leads: list[int]) -> dict:
             v: {str(ld): _num(da.sel(forecaster=k, variable=v, lead=ld)) for ld in leads}
             for v in variables
         }
-        for k in FORECASTERS
+        for k in decode_str(da["forecaster"].values)
     }
 
 
@@ -275,7 +341,7 @@ def _extremes(skill: xr.Dataset, variables: list[str], headline: int) -> dict:
             }
             for v in variables
         }
-        for k in FORECASTERS
+        for k in decode_str(skill["forecaster"].values)
     }
 
 
@@ -298,7 +364,7 @@ def metrics_dict(
         "extreme_quantile": params.get("extreme_quantile"),
         "variables": variables,
         "leads": leads,
-        "forecasters": list(FORECASTERS),
+        "forecasters": decode_str(skill["forecaster"].values),
         "n_samples": int(n),
         "rmse": _by_lead(skill["rmse"], variables, leads),
         "acc": _by_lead(skill["acc"], variables, leads),

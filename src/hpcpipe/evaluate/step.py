@@ -1,24 +1,31 @@
-"""The ``evaluate`` step: one trained model on the test split, with explicit inputs and outputs.
+"""The ``evaluate`` step: one run's stored forecasts on the test split, with explicit paths.
 
-``evaluate`` = load model.pt and predict (:mod:`hpcpipe.models.files`) +
-:func:`~hpcpipe.evaluate.scoring.evaluate_forecasts` (the science) + ``write_outputs``.
+``evaluate`` = open the run's forecast store (written by predict) and the ``evaluate.external``
+ones, check them (:mod:`hpcpipe.forecasts`) + :func:`~hpcpipe.evaluate.scoring.evaluate_forecasts`
+(the science) + ``write_outputs``. No model is loaded: any store in the layout can be scored.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from hpcpipe import forecasts
 from hpcpipe.atomic import write_json, write_text
 from hpcpipe.contracts import check_thresholds
 from hpcpipe.evaluate import plots
-from hpcpipe.evaluate.scoring import SAMPLE, check_not_empty, evaluate_forecasts, metrics_table
+from hpcpipe.evaluate.scoring import (
+    check_not_empty,
+    evaluate_forecasts,
+    metrics_table,
+    normalisation,
+)
 from hpcpipe.store import decode_str, open_store
 
 log = logging.getLogger("hpcpipe.evaluate")
@@ -26,56 +33,56 @@ log = logging.getLogger("hpcpipe.evaluate")
 # The declared outputs, as the workflow rule names them: metrics.json, metrics.csv,
 # skill_vs_lead.png, error_maps.png, loss_curve.png.
 OUTPUTS = ("metrics", "table", "skill", "maps", "loss")
-PREDICT_BATCH = 64
 
 StrPath = str | os.PathLike[str]
 
 
 def evaluate(
-    model_path: StrPath,
+    forecast_path: StrPath,
     history_path: StrPath,
     features_test_dir: StrPath,
     preprocessed_dir: StrPath,
     thresholds_dir: StrPath,
+    stats_path: StrPath,
     outputs: Mapping[str, StrPath],
     params: dict,
-    threads: int | None = None,
+    external: Mapping[str, StrPath] | None = None,
 ) -> dict:
-    """Evaluate one trained model on the test split; write the five ``outputs`` (see OUTPUTS).
+    """Score one run's forecast store on the test split; write the five ``outputs`` (OUTPUTS).
 
     ``history_path``: the model's history.csv (for the loss curve; a placeholder plot if it is
-    missing). ``params``: config section ``evaluate`` (headline_lead, extreme_quantile) plus
-    ``variables``; optional ``model``/``seed`` override the names read from the model file,
-    optional ``batch_size`` is the prediction batch (default 64; memory only, not results).
-    Returns the content of metrics.json.
+    missing). ``stats_path``: stats.json (the observations' units). ``params``: config section
+    ``evaluate`` (headline_lead, extreme_quantile) plus ``variables``; optional ``model``/
+    ``seed`` override the names the store records. ``external``: name -> forecast store made
+    elsewhere, scored beside the baselines. Returns the content of metrics.json.
     """
     paths = output_paths(outputs)  # before any work: a wrong call fails at once
-    # Imported here: torch loads only when a model is evaluated, not with this module.
-    from hpcpipe.models.files import load_model, predict
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    model_path = Path(model_path)
-    model, meta = load_model(model_path, map_location="cpu")
-    test = open_store(features_test_dir, "test features")
-    pre = _with_quantile(open_store(preprocessed_dir, "preprocessed data"), thresholds_dir)
-    _check_meta(meta, test)
+    if not isinstance(external or {}, Mapping):
+        raise ValueError(f"--external must be a JSON object of names -> paths, not {external!r}")
+    variables = [str(v) for v in params["variables"]]
+    test = _as_str(open_store(features_test_dir, "test features"))
+    pre = _with_quantile(_as_str(open_store(preprocessed_dir, "preprocessed data")), thresholds_dir)
     check_not_empty(test)
+    want = forecasts.expected(test, pre, variables, forecasts.units_of(stats_path))
+    norm = normalisation(pre, variables)
+    # Every store is checked before any is read: a bad external one fails at once, by name.
+    stores = {"model": forecasts.open_checked(forecast_path, "model", want)}
+    for name, path in (external or {}).items():
+        stores[name] = forecasts.open_checked(path, name, want)
+    normalised = {k: forecasts.as_normalised(ds, test, norm, want) for k, ds in stores.items()}
+    model_norm = normalised.pop("model")
+    result = evaluate_forecasts(model_norm, test, pre, params, normalised)
 
-    batch = int(params.get("batch_size", PREDICT_BATCH))
-    pred = _predict_in_blocks(model, predict, test["inputs"], batch)
-    pred_norm = xr.DataArray(pred, dims=test["targets"].dims, coords=test["targets"].coords)
-    result = evaluate_forecasts(pred_norm, test, pre, params)
-
-    model_name, seed = _identity(model_path, meta, params)
+    model_name, seed = _identity(Path(forecast_path), stores["model"].attrs, params)
     result["metrics"] = {
-        # the validation loss of the weights evaluated here (what a sweep ranks runs by;
-        # never the test scores), as training saved it with them
-        "model": model_name, "seed": seed, "val_loss": _finite_or_none(meta.get("val_loss")),
+        # the validation loss of the weights that made the forecasts (what a sweep ranks runs
+        # by; never the test scores), as predict copied it from the model file
+        "model": model_name, "seed": seed,
+        "val_loss": _finite_or_none(stores["model"].attrs.get("val_loss")),
         **result["metrics"],
     }  # fmt: skip
+    if external:
+        result["metrics"]["external"] = {k: str(p) for k, p in external.items()}
     write_outputs(result, paths, history_csv=history_path)
     _log_headline(result["metrics"])
     return result["metrics"]
@@ -116,50 +123,20 @@ def _with_quantile(pre: xr.Dataset, thresholds_dir: StrPath) -> xr.Dataset:
     return pre.assign(quantile=thr["quantile"].assign_attrs(quantile=q))
 
 
-def _predict_in_blocks(
-    model: Any,
-    predict: Callable[[Any, np.ndarray, int], Any],
-    inputs: xr.DataArray,
-    batch_size: int,
-) -> np.ndarray:
-    """Predict store chunk by store chunk, so only one chunk of inputs is in memory at once."""
-    from hpcpipe.logs import progress
-
-    n = inputs.sizes[SAMPLE]
-    chunks = inputs.chunksizes.get(SAMPLE) if inputs.chunks else None
-    step = int(max(chunks)) if chunks else max(n, 1)
-    starts = list(range(0, n, step))
-    out = []
-    for s in progress(starts, len(starts), "predict (chunks)"):
-        block = np.asarray(inputs.isel({SAMPLE: slice(s, s + step)}).values, dtype=np.float32)
-        out.append(np.asarray(predict(model, block, batch_size)))
-    return np.concatenate(out, axis=0)
-
-
-def _check_meta(meta: dict, test: xr.Dataset) -> None:
-    """The model must have been trained for the test store's variables and leads."""
-    test_vars = decode_str(test["variable"].values)
-    if "variables" in meta and list(meta["variables"]) != test_vars:
-        raise ValueError(
-            f"model variables {list(meta['variables'])} differ from the test store's {test_vars}"
-        )
-    if "leads" in meta and [int(x) for x in meta["leads"]] != [int(x) for x in test["lead"].values]:
-        raise ValueError(
-            f"model leads {meta['leads']} differ from the test store's {test['lead'].values.tolist()}"
-        )
-
-
-def _identity(model_path: Path, meta: dict, params: dict) -> tuple[str, Any]:
-    """Model name and seed: params, else model file, else the path .../{model}/{seed}/model.pt."""
-    name = params.get("model") or meta.get("model") or model_path.parent.parent.name
+def _identity(path: Path, attrs: Mapping[str, Any], params: dict) -> tuple[str, Any]:
+    """Model name and seed: params, else the store's attrs, else .../{model}/{seed}{point}.zarr."""
+    model, run = forecasts.path_identity(path)
+    name = params.get("model") or attrs.get("model") or model
     seed = params.get("seed")
     if seed is None:
-        seed = meta.get("seed", (meta.get("train_config") or {}).get("seed"))
-    if seed is None:
-        seed = model_path.parent.name
+        seed = attrs.get("seed", run.split("-")[0])
     if isinstance(seed, str) and seed.lstrip("-").isdigit():
         seed = int(seed)
     return str(name), seed
+
+
+def _as_str(ds: xr.Dataset) -> xr.Dataset:
+    return ds.assign_coords(variable=decode_str(ds["variable"].values))
 
 
 def _finite_or_none(x: Any) -> float | None:

@@ -44,21 +44,34 @@ def summarize(
 
 
 def _rows(m: dict) -> list[dict[str, Any]]:
-    """One row per variable of one metrics.json, at its headline lead."""
+    """One row per variable of one metrics.json, at its headline lead (external forecasters
+    as more rmse_/acc_ columns)."""
     lead = str(m["headline_lead"])
+    external = _external(m)
     return [
         {
             "model": m.get("model"),
             "seed": m.get("seed"),
             "variable": v,
             "headline_lead": int(m["headline_lead"]),
-            **{f"rmse_{k}": m["rmse"][k][v][lead] for k in FORECASTERS},
-            **{f"acc_{k}": m["acc"][k][v][lead] for k in ("model", "persistence")},
+            **{f"rmse_{k}": m["rmse"][k][v][lead] for k in (*FORECASTERS, *external)},
+            **{f"acc_{k}": m["acc"][k][v][lead] for k in ("model", "persistence", *external)},
             "f1_model": m.get("extremes", {}).get("model", {}).get(v, {}).get("f1"),
             "beats_baselines": m["beats_baselines"][v],
         }
         for v in m["rmse"]["model"]
     ]
+
+
+def _external(m: dict) -> list[str]:
+    """The external forecasters of one metrics.json (evaluate.external), in its order."""
+    return [k for k in m.get("forecasters", FORECASTERS) if k not in FORECASTERS]
+
+
+def _external_columns(d: pd.DataFrame) -> list[str]:
+    known = {f"rmse_{k}" for k in FORECASTERS}
+    return [c[len("rmse_") :] for c in d.columns if c.startswith("rmse_") and c not in known
+            and d[c].notna().any()]  # fmt: skip
 
 
 def _plot_summary(df: pd.DataFrame, path: Path, title: str | None = None) -> None:
