@@ -49,3 +49,36 @@ def test_same_bytes_and_values_with_either_pipeline(tmp_path: Path, lazy: bool):
     assert a.keys() == b.keys() and len(a) > 4
     assert [k for k in a if a[k] != b[k]] == []
     assert crc_a == crc_b
+
+
+def _features(path: Path, n: int = 20) -> xr.Dataset:
+    rng = np.random.default_rng(1)
+    ds = xr.Dataset(
+        {
+            "inputs": (("sample", "channel", "lat", "lon"), rng.standard_normal((n, 3, 4, 6))),
+            "targets": (
+                ("sample", "lead", "variable", "lat", "lon"),
+                rng.standard_normal((n, 2, 2, 4, 6)),
+            ),
+        },  # fmt: skip
+        coords={"sample": np.arange(n)},
+    ).astype(np.float32)
+    write_store(ds, path, {"sample": 6})
+    return open_store(path)
+
+
+def test_streamed_batches_are_the_in_memory_batches(tmp_path: Path):
+    import torch
+
+    from hpcpipe.train.data import TensorSource, sample_order
+
+    ds = _features(tmp_path / "f.zarr")
+    cpu = torch.device("cpu")
+    mem, disk = TensorSource(ds, True, cpu), TensorSource(ds, False, cpu)
+    assert disk.block == 6 and mem.block == 20
+    order = torch.from_numpy(sample_order(disk.n, disk.block, 0, 3))
+    # batches within one chunk, across two, and an arbitrary set across all of them
+    for idx in [*order.split(4), torch.tensor([19, 0, 7, 13, 1, 6])]:
+        (xm, ym), (xd, yd) = mem.batch(idx), disk.batch(idx)
+        assert torch.equal(xm, xd) and torch.equal(ym, yd)
+        assert xd.is_contiguous(memory_format=torch.channels_last)

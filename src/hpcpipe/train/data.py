@@ -17,6 +17,7 @@ import dask
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 
 from hpcpipe.contracts import check_features
 from hpcpipe.grid import kind as grid_kind
@@ -64,7 +65,8 @@ class TensorSource:
         self._flat = (-1, *ds["targets"].shape[-2:])
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._zarr: dict[str, zarr.Array] = {}
         self.wait_s = 0.0  # time the training loop waited for prefetched batches
         if in_memory:
             self.block = self.n
@@ -98,18 +100,27 @@ class TensorSource:
         return x, y
 
     def _gather_chunks(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk = torch.div(idx, self.block, rounding_mode="floor")
-        xs = ys = None
-        for c in torch.unique(chunk).tolist():
-            sel = (chunk == c).nonzero().squeeze(1)
-            cx, cy = self._chunk(c)
-            local = idx[sel] - c * self.block
-            if xs is None or ys is None:
-                xs = cx.new_empty((len(idx), *cx.shape[1:]))
-                ys = cy.new_empty((len(idx), *cy.shape[1:]))
-            xs[sel], ys[sel] = cx[local], cy[local]
-        assert xs is not None and ys is not None
-        return xs, ys
+        # NumPy's take: a plain copy of whole samples on this thread (torch's indexing splits
+        # it over the OpenMP pool, which the training step is using; 10-50x slower then).
+        ix = idx.numpy()
+        chunk = ix // self.block
+        first = int(chunk[0])
+        if (chunk == first).all():  # the usual case: samples are shuffled within chunks
+            cx, cy = self._chunk(first)
+            local = ix - first * self.block
+            xs, ys = np.take(cx, local, axis=0), np.take(cy, local, axis=0)
+        else:
+            xs = ys = None
+            for c in np.unique(chunk).tolist():
+                sel = np.flatnonzero(chunk == c)
+                cx, cy = self._chunk(c)
+                if xs is None or ys is None:
+                    xs = np.empty((len(ix), *cx.shape[1:]), cx.dtype)
+                    ys = np.empty((len(ix), *cy.shape[1:]), cy.dtype)
+                xs[sel], ys[sel] = cx[ix[sel] - c * self.block], cy[ix[sel] - c * self.block]
+            assert xs is not None and ys is not None
+        # The inputs were kept NHWC: the batch is channels_last, as the in-memory path's.
+        return torch.from_numpy(xs).permute(0, 3, 1, 2), torch.from_numpy(ys)
 
     def to_device(self, xy: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """A gathered batch on the training device (as it is if already there)."""
@@ -136,15 +147,28 @@ class TensorSource:
             finally:
                 self.wait_s += ahead.wait_s
 
-    def _chunk(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
         if c not in self._cache:
             if len(self._cache) >= 2:  # a batch spans at most two chunks (one thread reads)
                 self._cache.pop(next(iter(self._cache)))
             rows = slice(c * self.block, min(self.n, (c + 1) * self.block))
-            x = _read(self._ds["inputs"], rows)
-            y = _read(self._ds["targets"], rows)
-            self._cache[c] = (torch.from_numpy(x), torch.from_numpy(y.reshape(len(y), *self._flat)))
+            x, y = self._rows("inputs", rows), self._rows("targets", rows)
+            self._cache[c] = (
+                np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                y.reshape(len(y), *self._flat),
+            )
         return self._cache[c]
+
+    def _rows(self, name: str, rows: slice) -> np.ndarray:
+        """Rows of one array, read straight from the Zarr store (no Dask graph per read)."""
+        source = self._ds.encoding.get("source")
+        if source is None:  # not opened from a store
+            return _read(self._ds[name], rows)
+        if name not in self._zarr:  # opened once: each open reads the array's metadata
+            arr = zarr.open_group(source, mode="r")[name]
+            assert isinstance(arr, zarr.Array)
+            self._zarr[name] = arr
+        return np.asarray(self._zarr[name][rows], dtype=np.float32)
 
 
 def sample_order(n: int, block: int, seed: int, epoch: int) -> np.ndarray:
