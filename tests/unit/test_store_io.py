@@ -60,7 +60,7 @@ def _features(path: Path, n: int = 20) -> xr.Dataset:
                 ("sample", "lead", "variable", "lat", "lon"),
                 rng.standard_normal((n, 2, 2, 4, 6)),
             ),
-        },  # fmt: skip
+        },
         coords={"sample": np.arange(n)},
     ).astype(np.float32)
     write_store(ds, path, {"sample": 6})
