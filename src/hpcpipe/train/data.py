@@ -21,7 +21,7 @@ import zarr
 
 from hpcpipe.contracts import check_features
 from hpcpipe.grid import kind as grid_kind
-from hpcpipe.runtime.allocation import IN_MEMORY_SHARE, ON_GPU_SHARE, Allocation
+from hpcpipe.runtime.allocation import IN_MEMORY_SHARE, ON_GPU_SHARE, Allocation, memory_per_task
 from hpcpipe.store import decode_str, open_store
 from hpcpipe.train.loader import Prefetcher
 
@@ -70,13 +70,26 @@ class TensorSource:
         self.wait_s = 0.0  # time the training loop waited for prefetched batches
         if in_memory:
             self.block = self.n
-            x = torch.from_numpy(_read(ds["inputs"]))
-            y = torch.from_numpy(_read(ds["targets"]).reshape(self.n, *self._flat))
+            x, y = self._load()
             self.x, self.y = to_device(x, self.home), to_device(y, self.home)
         else:
             # Out of core: samples are shuffled within store chunks (see sample_order), so a
             # batch touches one or two chunks and each chunk is read about once per epoch.
             self.block = int(ds.chunks["sample"][0])
+
+    def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both arrays whole, channels_last, filled chunk by chunk: the peak is the result
+        plus one chunk (a whole read, then a layout copy, would be 2-3x the features)."""
+        x = torch.empty(tuple(self._ds["inputs"].shape), memory_format=MEMORY_FORMAT)
+        n, leads, nvars, lat, lon = self._ds["targets"].shape
+        y = torch.empty((n, leads * nvars, lat, lon), memory_format=MEMORY_FORMAT)
+        chunks = self._ds["inputs"].chunks
+        step = int(chunks[0][0]) if chunks else self.n
+        for s0 in range(0, self.n, step):
+            rows = slice(s0, min(self.n, s0 + step))
+            x[rows] = torch.from_numpy(self._rows("inputs", rows))
+            y[rows] = torch.from_numpy(self._rows("targets", rows)).reshape(y[rows].shape)
+        return x, y
 
     @property
     def index_device(self) -> torch.device:
@@ -263,12 +276,14 @@ def open_features(stores: FeatureStores, alloc: Allocation, main: bool) -> Featu
     val_ds = open_store(stores.val, what="validation features")
     check_features(train_ds, val_ds, stores.train.parent)
     need = sum(int(ds[v].nbytes) for ds in (train_ds, val_ds) for v in ("inputs", "targets"))
-    in_memory = need <= IN_MEMORY_SHARE * alloc.memory_bytes
-    if not in_memory and main:
-        log.warning(
-            "features need %.1f GB, more than %.0f%% of the allocation's %.1f GB: "
-            "reading them chunk by chunk (slower; raise mem_mb of the train rule to avoid)",
-            need / 1e9, 100 * IN_MEMORY_SHARE, alloc.memory_gb,
+    # Every rank holds its own copy: the budget is this task's share of the node's memory.
+    budget = IN_MEMORY_SHARE * memory_per_task(alloc)
+    in_memory = need <= budget
+    if main:
+        log.info(
+            "features: %.2f GB, budget %.2f GB (%.0f%% of this task's memory): %s",
+            need / 1e9, budget / 1e9, 100 * IN_MEMORY_SHARE,
+            "in memory" if in_memory else "streamed from the store chunk by chunk",
         )  # fmt: skip
     return Features(
         train=train_ds,
