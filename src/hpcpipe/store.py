@@ -6,6 +6,7 @@ How large the chunks are is decided in :mod:`hpcpipe.chunking`.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import time
 import warnings
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+import zarr
 from numcodecs import Blosc
 from zarr.storage import LocalStore
 
@@ -28,6 +30,20 @@ ZARR_FORMAT = 2
 # writes about 4x and reads about 1.5x faster than zarr 3's Zstd default, and compresses as well
 # or better (scripts/bench dask measures the store's throughput).
 COMPRESSOR = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
+
+# The zarrs codec pipeline (Rust, parallel over chunks and within them) writes the same bytes
+# as zarr-python's own, faster on these stores (scripts/bench io); zarr-python's where zarrs is
+# not installed (a conda env without it) and for what zarrs does not support (string arrays,
+# which it hands back to zarr-python with a warning). Set in the environment too, so that Dask
+# worker processes started from here use it as well.
+CODEC_PIPELINE = (
+    "zarrs.ZarrsCodecPipeline"
+    if importlib.util.find_spec("zarrs") is not None
+    else "zarr.core.codec_pipeline.BatchedCodecPipeline"
+)
+os.environ.setdefault("ZARR_CODEC_PIPELINE__PATH", CODEC_PIPELINE)
+zarr.config.set({"codec_pipeline.path": os.environ["ZARR_CODEC_PIPELINE__PATH"]})
+warnings.filterwarnings("ignore", message="Array is unsupported by ZarrsCodecPipeline")
 
 
 def encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:

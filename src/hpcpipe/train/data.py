@@ -6,6 +6,8 @@ the loss weights of the mask.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -17,10 +19,11 @@ import dask
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 
 from hpcpipe.contracts import check_features
 from hpcpipe.grid import kind as grid_kind
-from hpcpipe.runtime.allocation import IN_MEMORY_SHARE, ON_GPU_SHARE, Allocation
+from hpcpipe.runtime.allocation import IN_MEMORY_SHARE, ON_GPU_SHARE, Allocation, memory_per_task
 from hpcpipe.store import decode_str, open_store
 from hpcpipe.train.loader import Prefetcher
 
@@ -30,6 +33,22 @@ log = logging.getLogger(__name__)
 MEMORY_FORMAT = torch.channels_last
 # Batches prepared ahead of the step (in a thread) when they come from the host or the store.
 PREFETCH_DEPTH = 2
+
+
+# glibc's malloc gives each thread that allocates its own arena (up to 8 per core), and the
+# prefetch thread's, zarr's and OpenMP's freed chunks and batches then stay in theirs: about
+# 200 MB more peak memory when streaming (scripts/bench io). Two arenas keep it in bounds.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def bound_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Limit glibc's malloc arenas for the threads started from now on (False elsewhere)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to bound
+        return False
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -64,17 +83,31 @@ class TensorSource:
         self._flat = (-1, *ds["targets"].shape[-2:])
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._zarr: dict[str, zarr.Array] = {}
         self.wait_s = 0.0  # time the training loop waited for prefetched batches
         if in_memory:
             self.block = self.n
-            x = torch.from_numpy(_read(ds["inputs"]))
-            y = torch.from_numpy(_read(ds["targets"]).reshape(self.n, *self._flat))
+            x, y = self._load()
             self.x, self.y = to_device(x, self.home), to_device(y, self.home)
         else:
             # Out of core: samples are shuffled within store chunks (see sample_order), so a
             # batch touches one or two chunks and each chunk is read about once per epoch.
             self.block = int(ds.chunks["sample"][0])
+
+    def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both arrays whole, channels_last, filled chunk by chunk: the peak is the result
+        plus one chunk (a whole read, then a layout copy, would be 2-3x the features)."""
+        x = torch.empty(tuple(self._ds["inputs"].shape), memory_format=MEMORY_FORMAT)
+        n, leads, nvars, lat, lon = self._ds["targets"].shape
+        y = torch.empty((n, leads * nvars, lat, lon), memory_format=MEMORY_FORMAT)
+        chunks = self._ds["inputs"].chunks
+        step = int(chunks[0][0]) if chunks else self.n
+        for s0 in range(0, self.n, step):
+            rows = slice(s0, min(self.n, s0 + step))
+            x[rows] = torch.from_numpy(self._rows("inputs", rows))
+            y[rows] = torch.from_numpy(self._rows("targets", rows)).reshape(y[rows].shape)
+        return x, y
 
     @property
     def index_device(self) -> torch.device:
@@ -98,18 +131,27 @@ class TensorSource:
         return x, y
 
     def _gather_chunks(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk = torch.div(idx, self.block, rounding_mode="floor")
-        xs = ys = None
-        for c in torch.unique(chunk).tolist():
-            sel = (chunk == c).nonzero().squeeze(1)
-            cx, cy = self._chunk(c)
-            local = idx[sel] - c * self.block
-            if xs is None or ys is None:
-                xs = cx.new_empty((len(idx), *cx.shape[1:]))
-                ys = cy.new_empty((len(idx), *cy.shape[1:]))
-            xs[sel], ys[sel] = cx[local], cy[local]
-        assert xs is not None and ys is not None
-        return xs, ys
+        # NumPy's take: a plain copy of whole samples on this thread (torch's indexing splits
+        # it over the OpenMP pool, which the training step is using; 10-50x slower then).
+        ix = idx.numpy()
+        chunk = ix // self.block
+        first = int(chunk[0])
+        if (chunk == first).all():  # the usual case: samples are shuffled within chunks
+            cx, cy = self._chunk(first)
+            local = ix - first * self.block
+            xs, ys = np.take(cx, local, axis=0), np.take(cy, local, axis=0)
+        else:
+            xs = ys = None
+            for c in np.unique(chunk).tolist():
+                sel = np.flatnonzero(chunk == c)
+                cx, cy = self._chunk(c)
+                if xs is None or ys is None:
+                    xs = np.empty((len(ix), *cx.shape[1:]), cx.dtype)
+                    ys = np.empty((len(ix), *cy.shape[1:]), cy.dtype)
+                xs[sel], ys[sel] = cx[ix[sel] - c * self.block], cy[ix[sel] - c * self.block]
+            assert xs is not None and ys is not None
+        # The inputs were kept NHWC: the batch is channels_last, as the in-memory path's.
+        return torch.from_numpy(xs).permute(0, 3, 1, 2), torch.from_numpy(ys)
 
     def to_device(self, xy: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """A gathered batch on the training device (as it is if already there)."""
@@ -136,15 +178,28 @@ class TensorSource:
             finally:
                 self.wait_s += ahead.wait_s
 
-    def _chunk(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
         if c not in self._cache:
             if len(self._cache) >= 2:  # a batch spans at most two chunks (one thread reads)
                 self._cache.pop(next(iter(self._cache)))
             rows = slice(c * self.block, min(self.n, (c + 1) * self.block))
-            x = _read(self._ds["inputs"], rows)
-            y = _read(self._ds["targets"], rows)
-            self._cache[c] = (torch.from_numpy(x), torch.from_numpy(y.reshape(len(y), *self._flat)))
+            x, y = self._rows("inputs", rows), self._rows("targets", rows)
+            self._cache[c] = (
+                np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                y.reshape(len(y), *self._flat),
+            )
         return self._cache[c]
+
+    def _rows(self, name: str, rows: slice) -> np.ndarray:
+        """Rows of one array, read straight from the Zarr store (no Dask graph per read)."""
+        source = self._ds.encoding.get("source")
+        if source is None:  # not opened from a store
+            return _read(self._ds[name], rows)
+        if name not in self._zarr:  # opened once: each open reads the array's metadata
+            arr = zarr.open_group(source, mode="r")[name]
+            assert isinstance(arr, zarr.Array)
+            self._zarr[name] = arr
+        return np.asarray(self._zarr[name][rows], dtype=np.float32)
 
 
 def sample_order(n: int, block: int, seed: int, epoch: int) -> np.ndarray:
@@ -239,12 +294,16 @@ def open_features(stores: FeatureStores, alloc: Allocation, main: bool) -> Featu
     val_ds = open_store(stores.val, what="validation features")
     check_features(train_ds, val_ds, stores.train.parent)
     need = sum(int(ds[v].nbytes) for ds in (train_ds, val_ds) for v in ("inputs", "targets"))
-    in_memory = need <= IN_MEMORY_SHARE * alloc.memory_bytes
-    if not in_memory and main:
-        log.warning(
-            "features need %.1f GB, more than %.0f%% of the allocation's %.1f GB: "
-            "reading them chunk by chunk (slower; raise mem_mb of the train rule to avoid)",
-            need / 1e9, 100 * IN_MEMORY_SHARE, alloc.memory_gb,
+    # Every rank holds its own copy: the budget is this task's share of the node's memory.
+    budget = IN_MEMORY_SHARE * memory_per_task(alloc)
+    in_memory = need <= budget
+    if not in_memory:
+        bound_malloc_arenas()  # before the prefetch and OpenMP threads start
+    if main:
+        log.info(
+            "features: %.2f GB, budget %.2f GB (%.0f%% of this task's memory): %s",
+            need / 1e9, budget / 1e9, 100 * IN_MEMORY_SHARE,
+            "in memory" if in_memory else "streamed from the store chunk by chunk",
         )  # fmt: skip
     return Features(
         train=train_ds,
