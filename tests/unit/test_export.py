@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from test_forecasts import VARIABLES, save_model, stores
 
@@ -62,14 +63,22 @@ def test_the_artifact_predicts_like_the_model_without_hpcpipe(
     np.save(tmp_path / "x.npy", x)
     user = tmp_path / "user"
     user.mkdir()
+    # one thread on both sides: a convolution's sums are ordered by its thread count, and an
+    # earlier test may have set this process's
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [sys.executable, "-I", "-c", USER, str(out), str(tmp_path / "x.npy"), "y.npy"],
         cwd=user, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     model, _ = load_model(model_path)
-    np.testing.assert_array_equal(np.load(user / "y.npy"), predict(model, x, 64))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        np.testing.assert_array_equal(np.load(user / "y.npy"), predict(model, x, 64))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_artifact_helpers_match_the_pipeline(exported: tuple[Path, Path, dict]) -> None:
