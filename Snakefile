@@ -20,6 +20,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/optimize.smk"
 include: "workflow/rules/usage.smk"
 
 
@@ -30,6 +31,7 @@ rule all:
         rules.summary.output.chart,
         rules.usage_table.output.table,
         SWEEP_RESULTS,
+        OPTIMIZE_RESULTS,
 
 
 # `snakemake export`: every run's inference artifact (workflow/rules/export.smk); not in

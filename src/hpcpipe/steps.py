@@ -395,5 +395,6 @@ STEPS: tuple[Step, ...] = (
             _out("--output-png"),
         ),
     ),
+    *__import__("hpcpipe.optimize.commands", fromlist=["_"]).optimize_steps(),  # uses Arg, Step
 )
 BY_NAME = {step.name: step for step in STEPS}

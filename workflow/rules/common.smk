@@ -5,6 +5,7 @@ import os
 from hpcpipe.config import as_json, validate
 from hpcpipe.config_checks import check_duplicate_keys
 from hpcpipe.fingerprint import tokens as input_tokens
+from hpcpipe.optimize import PER_RUN
 from hpcpipe.runtime.dask.settings import DaskClusterError, check_environment
 from hpcpipe.sweep import SweepError, plan, repeated_draws, spec
 from hpcpipe.timeaxis import climatology_for
@@ -184,6 +185,45 @@ def train_params(wildcards):
 
 def predict_params():
     return as_json({"variables": VARIABLES})
+
+
+# optimize (workflow/rules/optimize.smk): each step's params hold only the keys it uses.
+OPTIMIZE = config["optimize"]
+OPTIMIZE_PER_RUN = [v for v in OPTIMIZE["variants"] if v in PER_RUN]
+OPTIMIZE_DISTILL = "distilled" in OPTIMIZE["variants"]
+
+
+def optimize_variant_params(wildcards):
+    if wildcards.variant == "quantized":
+        return as_json({"calibration_samples": OPTIMIZE["calibration_samples"]})
+    return as_json({"prune": OPTIMIZE["prune"]})
+
+
+def optimize_score_params():
+    return as_json(
+        {
+            "benchmark": OPTIMIZE["benchmark"],
+            # what scoring reads (not evaluate.external: other forecasts are not scored here)
+            "evaluate": {
+                k: config["evaluate"][k] for k in ("headline_lead", "extreme_quantile")
+            },
+            "variables": VARIABLES,
+        }
+    )
+
+
+def optimize_metrics():
+    """Every variant's metrics.json: the per-run ones, then the student's."""
+    per_run = [
+        path
+        for variant in OPTIMIZE_PER_RUN
+        for path in run_outputs(
+            f"results/optimize/{{model}}/{{seed}}{{point}}/{variant}/metrics.json"
+        )
+    ]
+    return per_run + (
+        ["results/optimize/distilled/metrics.json"] if OPTIMIZE_DISTILL else []
+    )
 
 
 def evaluate_params():
