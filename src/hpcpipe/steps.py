@@ -11,50 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from hpcpipe.optimize.commands import optimize_steps
+from hpcpipe.step_spec import Arg, Step, metrics_paths
 
 log = logging.getLogger("hpcpipe")
-
-Role = Literal["input", "output", "option"]
-
-
-@dataclass(frozen=True)
-class Arg:
-    """One command-line argument of a step; inputs and outputs are paths."""
-
-    flag: str
-    role: Role
-    help: str = ""
-    many: bool = False  # several paths (nargs="+")
-    required: bool = True
-    type: Callable[[str], Any] | None = None
-    default: Any = None
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    help: str
-    run: Callable[[argparse.Namespace], None]
-    args: tuple[Arg, ...]
-
-    def paths(self, ns: argparse.Namespace, role: Role) -> list[str]:
-        """The paths of ``role`` ("input" or "output") given on the command line, in order."""
-        out: list[str] = []
-        for arg in self.args:
-            value = getattr(ns, arg.dest, None)
-            if arg.role == role and value is not None:
-                out += list(value) if arg.many else [value]
-        if role == "input" and not getattr(ns, "metrics", None) and getattr(ns, "runs", None):
-            out += [str(p) for p in _metrics_paths(ns)]  # the runs' metrics, as a pattern
-        return out
 
 
 def _write(ds: Any, path: str, chunks: dict[str, int]) -> None:
@@ -179,18 +142,6 @@ def run_evaluate(ns: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def _metrics_paths(ns: argparse.Namespace) -> list[Path]:
-    """Every run's metrics.json: given one by one, or as the runs' spec and a path pattern
-    (what the workflow passes: 10,000 paths would not fit in one command line)."""
-    from hpcpipe.sweep import runs_of_spec
-
-    if getattr(ns, "metrics", None):
-        return [Path(p) for p in ns.metrics]
-    if not (ns.runs and ns.metrics_pattern):
-        raise SystemExit(f"hpcpipe {ns.step.name}: give --metrics, or --runs and --metrics-pattern")
-    return [Path(r.path(ns.metrics_pattern)) for r in runs_of_spec(ns.runs)]
-
-
 def run_export(ns: argparse.Namespace) -> None:
     from hpcpipe.export import export
 
@@ -201,7 +152,7 @@ def run_summary(ns: argparse.Namespace) -> None:
     from hpcpipe.evaluate.summary import summarize
 
     landing = Path(ns.landing) if ns.landing else None
-    paths = _metrics_paths(ns)
+    paths = metrics_paths(ns)
     summarize(paths, Path(ns.output_csv), Path(ns.output_png), ns.title, landing)
     if ns.provenance:
         from hpcpipe.atomic import write_text
@@ -218,7 +169,7 @@ def run_leaderboard(ns: argparse.Namespace) -> None:
 
     runs = runs_of_spec(ns.runs)
     keys = swept_keys(json.loads(ns.runs)["sweep"])
-    write(runs, _metrics_paths(ns), keys, Path(ns.output_csv), Path(ns.output_png),
+    write(runs, metrics_paths(ns), keys, Path(ns.output_csv), Path(ns.output_png),
           Path(ns.output_rst))  # fmt: skip
 
 
@@ -395,6 +346,6 @@ STEPS: tuple[Step, ...] = (
             _out("--output-png"),
         ),
     ),
-    *__import__("hpcpipe.optimize.commands", fromlist=["_"]).optimize_steps(),  # uses Arg, Step
+    *optimize_steps(),
 )
 BY_NAME = {step.name: step for step in STEPS}

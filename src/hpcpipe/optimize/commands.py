@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+
+from hpcpipe.step_spec import Arg, Step
 
 
 def run_optimize_variant(ns: argparse.Namespace) -> None:
@@ -38,9 +39,8 @@ def run_optimize_summary(ns: argparse.Namespace) -> None:
     summarize([Path(p) for p in ns.metrics], Path(ns.output_csv), Path(ns.output_png))
 
 
-def optimize_steps() -> tuple[Any, ...]:
-    """The optimize-* rows of :data:`hpcpipe.steps.STEPS` (called while that table is built)."""
-    from hpcpipe.steps import Arg, Step
+def optimize_steps() -> tuple[Step, ...]:
+    """The optimize-* rows of :data:`hpcpipe.steps.STEPS`."""
 
     def _in(flag: str, help: str = "", many: bool = False) -> Arg:
         return Arg(flag, "input", help, many=many)
