@@ -144,12 +144,24 @@ SHELL_FIELDS = {
         "output.page:q", "log:q",
     ],
     "usage_table": ["input:q", "output.table:q", "output.chart:q", "log:q"],
+    "optimize_variant": [
+        "params.cfg:q", "input.model:q", "input.train:q", "wildcards.variant:q",
+        "output.variant:q", "threads", "log:q",
+    ],
+    "optimize_distill": [
+        "params.cfg:q", "input.teachers:q", "input.train:q", "output.student:q", "threads", "log:q",
+    ],
+    "optimize_score": [
+        "params.cfg:q", "input.variant:q", "input.teacher:q", "input.features:q",
+        "input.preprocessed:q", "input.thresholds:q", "output.metrics:q", "threads", "log:q",
+    ],
+    "optimize_summary": ["input:q", "output.table:q", "output.chart:q", "log:q"],
 }  # fmt: skip
 # Numbers Snakemake itself makes, and a wildcard its constraint limits to digits.
 UNQUOTED_OK = {
     "threads", "resources.tasks", "resources.mem_mb", "resources.runtime", "wildcards.seed",
 }  # fmt: skip
-NO_PARAMS = {"usage_table"}  # reads the manifests, depends on no config
+NO_PARAMS = {"usage_table", "optimize_summary"}  # depend on no config: manifests, metrics
 
 
 def test_steps_quote_every_value_in_their_shell_commands():
