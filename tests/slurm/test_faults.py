@@ -118,7 +118,7 @@ def test_time_limit_warning_checkpoints_requeues_and_finishes(
     the undisturbed run trained.
 
     Training waits after its first step until the signal came (a pause point), so the signal
-    always finds it mid-training. The job's limit (the train and evaluate tiers: 130 minutes)
+    always finds it mid-training. The job's limit (the train, predict and evaluate tiers: 140 min)
     is then lowered to 5: 300 s or less are left, and SLURM sends the warning at its next
     time-limit check (every 30 s) instead of 300 s before the original end."""
     # cnn only: a model does not depend on the list of models, so the undisturbed run's cnn
@@ -133,14 +133,15 @@ def test_time_limit_warning_checkpoints_requeues_and_finishes(
     at = wait_for("training to pause", lambda: pausepoints.marker(pause, "paused"), proc)
     slurm_cluster.submitted.append(at["job"])
     job = slurm_cluster.show_job(at["job"])
-    # train and evaluate share the job (group "model"): 120 + 10 minutes of their tiers
-    assert job["Requeue"] == "1" and job["TimeLimit"] == "02:10:00", job
+    # train, predict and evaluate share the job (group "model"): 120 + 10 + 10 minutes of
+    # their tiers
+    assert job["Requeue"] == "1" and job["TimeLimit"] == "02:20:00", job
     slurm_cluster.run(["scontrol", "update", f"JobId={at['job']}", "TimeLimit=5"])
     signalled = lambda: pausepoints.marker(pause, "signalled")  # noqa: E731
     got = wait_for("SLURM's warning", signalled, proc, timeout=120)
     assert got == {"signal": "SIGUSR1"}
     # The job's next run must not get the warning at once again: back to its limit.
-    slurm_cluster.run(["scontrol", "update", f"JobId={at['job']}", "TimeLimit=130"])
+    slurm_cluster.run(["scontrol", "update", f"JobId={at['job']}", "TimeLimit=140"])
     pausepoints.release(pause)
     code, out = finish(proc, timeout=600)
     assert code == 0, out[-4000:]

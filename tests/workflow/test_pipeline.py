@@ -22,6 +22,7 @@ from workdir import make_workdir, planned_jobs, snakemake
 
 import hpcpipe
 from hpcpipe.provenance import checksum
+from hpcpipe.sweep import runs_of_spec
 
 pytestmark = pytest.mark.workflow
 
@@ -303,6 +304,9 @@ def test_every_manifest_records_its_step(pipeline_run: Path, monkeypatch: pytest
             for p in vals
             if Path(p).exists()
         ]
+        if "--metrics-pattern" in opts:  # the runs' metrics.json, as a spec and a pattern
+            pattern = opts["--metrics-pattern"][0]
+            paths += [r.path(pattern) for r in runs_of_spec(opts["--runs"][0])]
         m = next(
             m
             for p in paths
