@@ -17,7 +17,13 @@ import numpy as np
 import xarray as xr
 
 from hpcpipe import forecasts
-from hpcpipe.evaluate.scoring import SAMPLE, Normalisation, check_not_empty, normalisation
+from hpcpipe.evaluate.scoring import (
+    SAMPLE,
+    Normalisation,
+    as_str_coord,
+    check_not_empty,
+    normalisation,
+)
 from hpcpipe.store import decode_str, open_store
 
 log = logging.getLogger("hpcpipe.predict")
@@ -50,8 +56,8 @@ def predict_store(
         torch.set_num_threads(int(threads))
     model_path = Path(model_path)
     model, meta = load_model(model_path, map_location="cpu")
-    test = _as_str(open_store(features_test_dir, "test features"))
-    pre = _as_str(open_store(preprocessed_dir, "preprocessed data"))
+    test = as_str_coord(open_store(features_test_dir, "test features"))
+    pre = as_str_coord(open_store(preprocessed_dir, "preprocessed data"))
     check_meta(meta, test)
     check_not_empty(test)
     variables = [str(v) for v in params["variables"]]
@@ -132,7 +138,3 @@ def identity_attrs(model_path: Path, meta: dict) -> dict[str, Any]:
         "model_epoch": meta.get("epoch"),
         "val_loss": float(val_loss) if finite else None,
     }
-
-
-def _as_str(ds: xr.Dataset) -> xr.Dataset:
-    return ds.assign_coords(variable=decode_str(ds["variable"].values))

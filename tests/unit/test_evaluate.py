@@ -250,7 +250,7 @@ def test_evaluate_end_to_end_with_a_persistence_model(tmp_path: Path) -> None:
     from hpcpipe import forecasts
 
     make_stores(tmp_path, "datetime64")
-    test, pre = (scoring._as_str_coord(ds) for ds in open_both(tmp_path))
+    test, pre = (scoring.as_str_coord(ds) for ds in open_both(tmp_path))
     pred = np.repeat(test["inputs"].values[:, None], len(LEADS), axis=1)
     units = {v: "1" for v in VARIABLES}
     td = forecasts.axis_timedeltas(LEADS, pre.indexes["time"], "pre")

@@ -88,8 +88,8 @@ def test_the_artifact_helpers_match_the_pipeline(exported: tuple[Path, Path, dic
     from hpcpipe.periods import period_of
 
     where = exported[0]
-    test = scoring._as_str_coord(xr.open_zarr(where / "test.zarr"))
-    pre = scoring._as_str_coord(xr.open_zarr(where / "preprocessed.zarr"))
+    test = scoring.as_str_coord(xr.open_zarr(where / "test.zarr"))
+    pre = scoring.as_str_coord(xr.open_zarr(where / "preprocessed.zarr"))
     art = export_predict.Artifact(where / "export")
     part = test.isel(sample=slice(0, 4)).load()
     lag0 = pre["anomaly"].sel(time=part["time"]).values[:, None]  # (N, lag, variable, lat, lon)

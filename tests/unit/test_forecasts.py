@@ -55,8 +55,8 @@ def save_model(path: Path, seed: int = 0) -> torch.nn.Module:
 
 def write_layout(path: Path, pred_norm: np.ndarray, test: xr.Dataset, pre: xr.Dataset) -> None:
     """Normalised-anomaly forecasts (sample, lead, variable, lat, lon) as a forecast store."""
-    test = scoring._as_str_coord(test)
-    norm = scoring.normalisation(scoring._as_str_coord(pre), VARIABLES)
+    test = scoring.as_str_coord(test)
+    norm = scoring.normalisation(scoring.as_str_coord(pre), VARIABLES)
     td = forecasts.axis_timedeltas(LEADS, pre.indexes["time"], "pre")
     tmpl = forecasts.template(test, VARIABLES, UNITS, td, {"model": "other"}, test.sizes["sample"])
     forecasts.write(tmpl, path, [forecasts.block(pred_norm, test, norm, VARIABLES)])
@@ -123,7 +123,7 @@ def test_predict_writes_the_layout_and_scores_as_from_memory(tmp_path: Path) -> 
 
 def persistence_norm(test: xr.Dataset, pre: xr.Dataset) -> np.ndarray:
     """Persistence of the physical state, as normalised anomalies at the valid time."""
-    test, pre = scoring._as_str_coord(test), scoring._as_str_coord(pre)
+    test, pre = scoring.as_str_coord(test), scoring.as_str_coord(pre)
     norm = scoring.normalisation(pre, VARIABLES)
     a0 = pre["anomaly"].sel(time=test["time"]).astype(np.float64).reset_coords(drop=True)
     x0 = scoring.to_physical(a0, norm.mean, norm.std, norm.at(test["time"]))
@@ -162,8 +162,8 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def layout(tmp_path: Path) -> tuple[xr.Dataset, forecasts.Expected, Path]:
-    test = scoring._as_str_coord(xr.open_zarr(tmp_path / "test.zarr"))
-    pre = scoring._as_str_coord(xr.open_zarr(tmp_path / "preprocessed.zarr"))
+    test = scoring.as_str_coord(xr.open_zarr(tmp_path / "test.zarr"))
+    pre = scoring.as_str_coord(xr.open_zarr(tmp_path / "preprocessed.zarr"))
     path = tmp_path / "ext.zarr"
     return xr.open_zarr(path), forecasts.expected(test, pre, VARIABLES, UNITS), path
 

@@ -75,8 +75,8 @@ def evaluate_forecasts(
     """
     variables = [str(v) for v in params["variables"]]
     headline = int(params["headline_lead"])
-    test, pre, pred_norm = _as_str_coord(test), _as_str_coord(pre), _as_str_coord(pred_norm)
-    others = {k: _as_str_coord(f) for k, f in (others or {}).items()}
+    test, pre, pred_norm = as_str_coord(test), as_str_coord(pre), as_str_coord(pred_norm)
+    others = {k: as_str_coord(f) for k, f in (others or {}).items()}
     leads = _check_inputs(pred_norm, test, pre, params, others)
     v = verification(pred_norm, test, pre, variables, others)
     skill = skill_scores(v)
@@ -140,7 +140,7 @@ def _warn_nonfinite(f_norm: xr.DataArray, mask: xr.DataArray) -> None:
 # ----------------------------------------------------------------------------- fields
 
 
-def _as_str_coord(obj: _XR) -> _XR:
+def as_str_coord(obj: _XR) -> _XR:
     # Zarr may hand string coordinates back as bytes or objects; .sel needs plain str.
     return obj.assign_coords(variable=decode_str(obj["variable"].values))
 

@@ -21,12 +21,13 @@ from hpcpipe.atomic import write_json, write_text
 from hpcpipe.contracts import check_thresholds
 from hpcpipe.evaluate import plots
 from hpcpipe.evaluate.scoring import (
+    as_str_coord,
     check_not_empty,
     evaluate_forecasts,
     metrics_table,
     normalisation,
 )
-from hpcpipe.store import decode_str, open_store
+from hpcpipe.store import open_store
 
 log = logging.getLogger("hpcpipe.evaluate")
 
@@ -60,8 +61,10 @@ def evaluate(
     if not isinstance(external or {}, Mapping):
         raise ValueError(f"--external must be a JSON object of names -> paths, not {external!r}")
     variables = [str(v) for v in params["variables"]]
-    test = _as_str(open_store(features_test_dir, "test features"))
-    pre = _with_quantile(_as_str(open_store(preprocessed_dir, "preprocessed data")), thresholds_dir)
+    test = as_str_coord(open_store(features_test_dir, "test features"))
+    pre = _with_quantile(
+        as_str_coord(open_store(preprocessed_dir, "preprocessed data")), thresholds_dir
+    )
     check_not_empty(test)
     want = forecasts.expected(test, pre, variables, forecasts.units_of(stats_path))
     norm = normalisation(pre, variables)
@@ -133,10 +136,6 @@ def _identity(path: Path, attrs: Mapping[str, Any], params: dict) -> tuple[str, 
     if isinstance(seed, str) and seed.lstrip("-").isdigit():
         seed = int(seed)
     return str(name), seed
-
-
-def _as_str(ds: xr.Dataset) -> xr.Dataset:
-    return ds.assign_coords(variable=decode_str(ds["variable"].values))
 
 
 def _finite_or_none(x: Any) -> float | None:
