@@ -62,7 +62,7 @@ def evaluate(
         raise ValueError(f"--external must be a JSON object of names -> paths, not {external!r}")
     variables = [str(v) for v in params["variables"]]
     test = as_str_coord(open_store(features_test_dir, "test features"))
-    pre = _with_quantile(
+    pre = with_quantile(
         as_str_coord(open_store(preprocessed_dir, "preprocessed data")), thresholds_dir
     )
     check_not_empty(test)
@@ -117,7 +117,7 @@ def write_outputs(
     log.info("wrote metrics and plots: %s", ", ".join(str(p) for p in paths.values()))
 
 
-def _with_quantile(pre: xr.Dataset, thresholds_dir: StrPath) -> xr.Dataset:
+def with_quantile(pre: xr.Dataset, thresholds_dir: StrPath) -> xr.Dataset:
     """``pre`` plus the thresholds step's ``quantile``, labelled with its q (checked later)."""
     # Thresholds are their own step (so a new quantile reruns evaluation only).
     thr = open_store(thresholds_dir, "extreme thresholds")

@@ -45,14 +45,14 @@ def score_variant(
     ``teacher_paths``: model files, one of them the variant's teacher (as its file records).
     ``params``: ``benchmark`` (optimize.benchmark), ``evaluate`` and ``variables``.
     """
-    from hpcpipe.evaluate.step import _with_quantile
+    from hpcpipe.evaluate.step import with_quantile
 
     module, meta = load_variant(variant_path)
     teacher_path = _teacher_of(variant_path, meta, teacher_paths)
     teacher, _ = load_model(teacher_path)
     test = open_store(features_test_dir, "test features")
     check_not_empty(test)
-    pre = _with_quantile(open_store(preprocessed_dir, "preprocessed data"), thresholds_dir)
+    pre = with_quantile(open_store(preprocessed_dir, "preprocessed data"), thresholds_dir)
     ev = {"variables": params["variables"], **params["evaluate"]}
     scores = {
         "variant": evaluate_forecasts(predict_norm(module, test), test, pre, ev)["metrics"],
