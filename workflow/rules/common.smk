@@ -89,6 +89,8 @@ def job_function(fn):
     """``fn`` with its signature worked out once: Snakemake inspects the signature of a
     params or resources function for every job it plans (10,000s in a large sweep)."""
     fn.__signature__ = inspect.signature(fn)
+    # Snakemake's own hook for a known signature: read before it calls inspect again.
+    fn._overwrite_params = fn.__signature__.parameters
     return fn
 
 
