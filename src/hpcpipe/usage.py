@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpcpipe.runtime.cgroup import job_cgroup
+
 MIN_INTERVAL_S = 0.2  # between two samples: short steps still get several
 MAX_INTERVAL_S = 2.0  # SLURM's accounting samples every 2 s on the local cluster
 # Wall-clock bucket in which the ranks' samples are added up: no shorter than the longest
@@ -73,29 +75,6 @@ def _io(pid: int | str = "self") -> tuple[int, int]:
     except (OSError, ValueError):
         return 0, 0
     return int(values.get("rchar", 0)), int(values.get("wchar", 0))
-
-
-def _job_cgroup() -> Path | None:
-    """The memory cgroup of this process's SLURM job (``.../job_<id>``), or None outside one."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        hierarchy, controllers, path = line.split(":", 2)
-        parts = path.split("/")
-        jobs = [i for i, part in enumerate(parts) if part.startswith("job_")]
-        if not jobs:
-            continue
-        if "memory" in controllers.split(","):  # cgroup v1
-            where = Path("/sys/fs/cgroup/memory", *parts[1 : jobs[0] + 1])
-        elif hierarchy == "0" and not controllers:  # cgroup v2: one unified tree
-            where = Path("/sys/fs/cgroup", *parts[1 : jobs[0] + 1])
-        else:
-            continue
-        return where if where.is_dir() else None
-    return None
 
 
 def _cgroup_rss(where: Path) -> int:
@@ -149,7 +128,7 @@ class Meter:
         self.buckets: dict[int, float] = {}  # wall-clock bucket -> largest tree RSS (MB)
         self.alive: dict[int, tuple[float, int]] = {}  # descendants at the last sample
         self.io_rss: dict[int, tuple[int, int]] = {}
-        self.job = _job_cgroup()
+        self.job = job_cgroup()
         self.job_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hpcpipe-usage", daemon=True)

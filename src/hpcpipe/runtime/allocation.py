@@ -16,7 +16,7 @@ import glob
 import os
 from dataclasses import dataclass
 
-from hpcpipe.runtime import environment, slurm
+from hpcpipe.runtime import cgroup, environment, slurm
 from hpcpipe.runtime.environment import DistEnv
 
 # Share of a Dask worker's memory that Dask may fill; the rest is the process's own overhead
@@ -50,18 +50,6 @@ def _host_memory_bytes() -> int:
         return 4 << 30
 
 
-def _cgroup_memory_bytes() -> int | None:
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                raw = f.read().strip()
-        except OSError:
-            continue
-        if raw.isdigit() and int(raw) < (1 << 60):
-            return int(raw)
-    return None
-
-
 def allocation(threads: int | None = None) -> Allocation:
     """The resources this step may use. ``threads`` is Snakemake's grant on a laptop."""
     job_id = environment.slurm_job_id()
@@ -87,7 +75,7 @@ def allocation(threads: int | None = None) -> Allocation:
         elif "mem_mb" in job:
             mem = job["mem_mb"] * 1024 * 1024
     if mem is None:
-        mem = _cgroup_memory_bytes() or _host_memory_bytes()
+        mem = cgroup.memory_limit_bytes() or _host_memory_bytes()
     return Allocation(cpus=max(1, cpus), memory_bytes=mem, gpus=visible_gpus(), in_slurm=in_slurm)
 
 
