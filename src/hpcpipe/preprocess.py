@@ -64,6 +64,54 @@ def tree_sum(parts: list[Any], split_every: int = 4) -> Any:
     return parts[0]
 
 
+def _per_block(
+    func: Any, data: da.Array, idx: da.Array, shape: tuple[int, ...], *whole: Any, **kw: Any
+) -> da.Array:
+    """``func(block, idx_block, *whole, **kw)`` of every time block of ``data``: a small float64
+    result of ``shape`` per block, its last ``data.ndim - 1`` axes those of ``data`` (whole, or
+    1 where ``func`` reduced them), stacked along a new first axis (a row per block).
+
+    Blockwise, with every axis of ``data`` in the result, so that Dask fuses it with the tasks
+    that load the block (it fuses no blockwise layer that reduces an axis into the next): each
+    block is read, reduced and dropped inside one task, never a task's result (Dask counts
+    each such result as managed memory, a view as much as a copy, and spills past its target).
+    ``whole``: whole arrays for every task, each one node of the graph (not copied into each).
+    """
+    rows = tuple(f"r{i}" for i in range(len(shape) - data.ndim + 1))
+    axes = tuple(f"d{i}" for i in range(1, data.ndim))
+    data = data.rechunk({i: -1 for i in range(1, data.ndim)})  # whole fields (as they come)
+    return da.blockwise(
+        _one_row, ("b", *rows, *axes), data, ("b", *axes), idx, ("b",),
+        *(a for w in whole for a in (dask.delayed(w), None)),
+        reduce=func, reduce_kw=kw, dtype=np.float64,
+        new_axes=dict(zip(rows, shape, strict=False)),
+        adjust_chunks={"b": 1, **dict(zip(axes, shape[len(rows) :], strict=True))},
+    )  # fmt: skip
+
+
+def _one_row(x: np.ndarray, idx: np.ndarray, *whole: Any, reduce: Any, reduce_kw: dict) -> Any:
+    # Only the block's steps that count (those of the training period, contiguous): the
+    # same rows, in the same slices, as the block of the training period alone would have.
+    rows = np.flatnonzero(idx >= 0)
+    rows = slice(rows[0], rows[-1] + 1) if rows.size else slice(0, 0)
+    return reduce(x[rows], idx[rows], *whole, **reduce_kw)[None]
+
+
+def _counted_blocks(data: da.Array, idx: np.ndarray, steps: slice) -> tuple[da.Array, list[int]]:
+    """The period index of each time step of ``data`` (-1 outside ``steps``) as a Dask array
+    in ``data``'s time blocks, and the blocks that hold some of ``steps``.
+
+    The reductions run over the blocks of the whole array, not of a slice of it: a slice is
+    not blockwise, and Dask would then keep each sliced block as a task's result.
+    """
+    counted = np.full(idx.shape, -1, dtype=idx.dtype)
+    counted[steps] = idx[steps]
+    t0, t1, _ = steps.indices(idx.size)
+    ends = np.cumsum(data.chunks[0])
+    blocks = [b for b, end in enumerate(ends) if end > t0 and end - data.chunks[0][b] < t1]
+    return da.from_array(counted, chunks=(data.chunks[0],)), blocks
+
+
 def _circular_smooth(a: np.ndarray, window: int) -> np.ndarray:
     """Centred moving sum over axis 0, wrapping around the year."""
     if window <= 1:
@@ -82,10 +130,15 @@ def _smooth_days(a: np.ndarray, window: int, per_day: int) -> np.ndarray:
 
 
 def climatology(
-    x: xr.DataArray, kind: str, window: int, hours: list[int] | None = None
+    x: xr.DataArray,
+    kind: str,
+    window: int,
+    hours: list[int] | None = None,
+    steps: slice = slice(None),
 ) -> xr.DataArray:
-    """Mean per period of ``x`` (time, ...), smoothed circularly over the days of the year
-    for ``dayofyear`` and ``hour_dayofyear`` (hour by hour)."""
+    """Mean per period of ``x`` (time, ...) over its time ``steps`` (all by default), smoothed
+    circularly over the days of the year for ``dayofyear`` and ``hour_dayofyear`` (hour by
+    hour)."""
     idx, n = period_index(x["time"], kind, hours)
     per_day = len(hours or ()) if kind == "hour_dayofyear" else 1
     data = (
@@ -93,12 +146,9 @@ def climatology(
         if isinstance(x.data, da.Array)
         else da.from_array(x.data, chunks=(len(idx),) + x.shape[1:])
     )
-    idx_d = da.from_array(idx, chunks=(data.chunks[0],))
-    parts = [
-        dask.delayed(_period_sums)(blk, i, n)
-        for blk, i in zip(data.to_delayed().ravel(), idx_d.to_delayed().ravel(), strict=True)
-    ]
-    total = tree_sum(parts).compute()
+    idx_d, blocks = _counted_blocks(data, idx, steps)
+    sums_d = _per_block(_period_sums, data, idx_d, (2, n, *data.shape[1:]), n=n).to_delayed()
+    total = tree_sum([sums_d.ravel()[b] for b in blocks]).compute()[0]
     sums, counts = total[0], total[1]
     if kind in ("dayofyear", "hour_dayofyear"):
         sums, counts = _smooth_days(sums, window, per_day), _smooth_days(counts, window, per_day)
@@ -145,11 +195,12 @@ def anomalies(
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
     data = x.data if isinstance(x.data, da.Array) else da.from_array(x.data)
     idx_d = da.from_array(idx, chunks=(data.chunks[0],))
-    clim_d = da.from_array(clim.values, chunks=(-1, *data.chunks[1:]))
+    # The climatology is one node of the graph, not an array with an axis of its own: Dask
+    # fuses no blockwise layer into one that reduces an axis, and this one should take in
+    # the loading and stacking of its block (one task per block).
     out = da.blockwise(
-        _normalised_anomaly, "tvyx", data, "tvyx", idx_d, "t", clim_d, "pvyx",
-        mean=np.asarray(mean, np.float64), std=np.asarray(std, np.float64),
-        concatenate=True, dtype=np.float32,
+        _normalised_anomaly, "tvyx", data, "tvyx", idx_d, "t", dask.delayed(clim.values), None,
+        mean=np.asarray(mean, np.float64), std=np.asarray(std, np.float64), dtype=np.float32,
     )  # fmt: skip
     return xr.DataArray(out, dims=x.dims, coords=x.coords)
 
@@ -172,29 +223,65 @@ def _moments(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _anomaly_moments(x: np.ndarray, idx: np.ndarray, clim: np.ndarray) -> np.ndarray:
+    """:func:`_moments` of the block's anomalies (no mean or std yet), slice by slice: the
+    same slices and sums as of the whole block's anomalies, without that block in memory."""
+    zero, one = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    out = np.zeros((3, x.shape[1]), dtype=np.float64)
+    step = chunking.slice_steps(x[:1].size)
+    for t in range(0, x.shape[0], step):
+        sl = slice(t, t + step)
+        out += _moments(_normalised_anomaly(x[sl], idx[sl], clim, zero, one))
+    return out[..., None, None]
+
+
 def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr.DataArray:
     """The variables as one (time, variable, lat, lon) float32 array, coarsened, in the
     canonical time blocks."""
-    x = raw[variables].to_array("variable").transpose("time", "variable", "lat", "lon")
-    # One chunk holds every variable and the whole grid: blockwise ops then see whole fields.
-    x = x.astype(np.float32).chunk({"variable": -1, "lat": -1, "lon": -1})
-    if coarsen > 1:
-        x = x.coarsen(lat=coarsen, lon=coarsen, boundary="trim").mean()
+    fields = []
+    for v in variables:
+        # Each variable apart, whole fields per chunk; stacked block by block below, so that a
+        # block's loading, stacking and use are one task (a rechunk across variables is not
+        # blockwise: Dask would keep every variable's block and the stacked one as results).
+        f = raw[v].transpose("time", "lat", "lon").astype(np.float32)
+        f = f.chunk({"lat": -1, "lon": -1})
+        if coarsen > 1:
+            f = f.coarsen(lat=coarsen, lon=coarsen, boundary="trim").mean()
+        fields.append(f)
     # Canonical time blocks, set by the data's shape alone: the reductions then add up in the
     # same order whatever the input's chunking or the number of workers, so results are
     # bit-identical across both (floating-point sums depend on their order).
-    step = chunking.bytes_per_step(x.sizes["variable"], x.sizes["lat"], x.sizes["lon"])
-    return x.chunk({"time": chunking.time_chunk_length(x.sizes["time"], step)})
+    first = fields[0]
+    step = chunking.bytes_per_step(len(variables), first.sizes["lat"], first.sizes["lon"])
+    length = chunking.time_chunk_length(first.sizes["time"], step)
+    blocks = [f.chunk({"time": length}).data for f in fields]
+    data = da.blockwise(
+        _stack_fields, "tvyx", *(a for b in blocks for a in (b, "tyx")),
+        new_axes={"v": len(variables)}, dtype=np.float32, concatenate=True,
+    )  # fmt: skip
+    coords = {k: c for k, c in first.coords.items() if set(c.dims) <= {"time", "lat", "lon"}}
+    names = np.array(variables, dtype=object)  # as to_array makes it (the store's dtype)
+    return xr.DataArray(
+        data, dims=("time", "variable", "lat", "lon"), coords={**coords, "variable": names}
+    )
+
+
+def _stack_fields(*fields: np.ndarray) -> np.ndarray:
+    return np.stack(fields, axis=1)
 
 
 def _normalisation(
-    train: xr.DataArray, clim: xr.DataArray, variables: list[str]
+    x: xr.DataArray, clim: xr.DataArray, variables: list[str], steps: slice
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per variable of the training period's anomalies (float64)."""
-    zero, one = np.zeros(len(variables)), np.ones(len(variables))
-    raw_anom = anomalies(train, clim, zero, one).data
-    parts = [dask.delayed(_moments)(blk) for blk in raw_anom.to_delayed().ravel()]
-    count, total, total_sq = tree_sum(parts).compute()
+    """Mean and std per variable of the anomalies over the time ``steps`` (the training
+    period) of ``x`` (float64)."""
+    period = clim["period"].attrs
+    idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
+    idx_d, blocks = _counted_blocks(x.data, idx, steps)
+    shape = (3, len(variables), 1, 1)  # a block's moments per variable (axis 1)
+    parts = _per_block(_anomaly_moments, x.data, idx_d, shape, clim.values).to_delayed()
+    total = tree_sum([parts.ravel()[b] for b in blocks]).compute()[0]
+    count, total, total_sq = total[..., 0, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean, sq = total / count, total_sq / count
     std = np.sqrt(np.maximum(sq - mean**2, 0.0))
@@ -229,12 +316,12 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     x = _canonical_blocks(raw, variables, params["coarsen"])
     bounds = splits.split_indices(raw, params["split"], "raw data")
     t0, t1 = bounds["train"]
-    train = x.isel(time=slice(t0, t1))
+    train = slice(t0, t1)
     window = params["climatology_window"]
-    hours = hours_of_day(train["time"]) if kind == "hour_dayofyear" else None
+    hours = hours_of_day(x["time"][train]) if kind == "hour_dayofyear" else None
     log.info("climatology (%s, window %d) over %d training steps", kind, window, t1 - t0)
-    clim = climatology(train, kind, window, hours)
-    mean, std = _normalisation(train, clim, variables)
+    clim = climatology(x, kind, window, hours, train)
+    mean, std = _normalisation(x, clim, variables, train)
     out = xr.Dataset(
         {
             "anomaly": anomalies(x, clim, mean, std),
