@@ -244,7 +244,7 @@ def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr
         # block's loading, stacking and use are one task (a rechunk across variables is not
         # blockwise: Dask would keep every variable's block and the stacked one as results).
         f = raw[v].transpose("time", "lat", "lon").astype(np.float32)
-        f = f.chunk({"lat": -1, "lon": -1})
+        f = f.copy(deep=False, data=_dask(f.data).rechunk({1: -1, 2: -1}))
         if coarsen > 1:
             f = f.coarsen(lat=coarsen, lon=coarsen, boundary="trim").mean()
         fields.append(f)
@@ -254,7 +254,7 @@ def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr
     first = fields[0]
     step = chunking.bytes_per_step(len(variables), first.sizes["lat"], first.sizes["lon"])
     length = chunking.time_chunk_length(first.sizes["time"], step)
-    blocks = [f.chunk({"time": length}).data for f in fields]
+    blocks = [f.data.rechunk({0: length}) for f in fields]
     data = da.blockwise(
         _stack_fields, "tvyx", *(a for b in blocks for a in (b, "tyx")),
         new_axes={"v": len(variables)}, dtype=np.float32, concatenate=True,
@@ -264,6 +264,12 @@ def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr
     return xr.DataArray(
         data, dims=("time", "variable", "lat", "lon"), coords={**coords, "variable": names}
     )
+
+
+def _dask(a: Any) -> da.Array:
+    """``a`` as a Dask array. Not by xarray's ``chunk()``: it tokenizes every coordinate,
+    pickling a time index of cftime dates (about 1 s per 100,000 of them) each time."""
+    return a if isinstance(a, da.Array) else da.from_array(a, chunks=a.shape)
 
 
 def _stack_fields(*fields: np.ndarray) -> np.ndarray:
