@@ -27,15 +27,25 @@ def _period_sums(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
     """Sums and counts of finite values per period for one time block: (2, n, ...).
 
     Period by period, so a task holds the block plus one period's rows in float64, never a
-    float64 copy of the whole block (the sums are the same, added in the same order).
+    float64 copy of the whole block (the sums are the same, added in the same order). The
+    rows go to buffers made once per block: Dask's workers make glibc map every allocation
+    over 128 KB afresh (MALLOC_TRIM_THRESHOLD_), and first touches then cost more than the
+    sums (the same values as ``np.where(finite, rows, 0.0)``, summed the same way).
     """
     out = np.zeros((2, n, *x.shape[1:]), dtype=np.float64)
-    for p in np.unique(idx):
-        rows = x[idx == p]
-        finite = np.isfinite(rows)
-        # Accumulate in float64: NumPy keeps float32 rows float32 through where() and sum().
-        out[0, p] = np.where(finite, rows, 0.0).sum(axis=0, dtype=np.float64)
-        out[1, p] = finite.sum(axis=0)
+    periods, counts = np.unique(idx, return_counts=True)
+    if not periods.size:
+        return out
+    rows = np.empty((counts.max(), *x.shape[1:]), dtype=x.dtype)
+    finite, bad = np.empty(rows.shape, dtype=bool), np.empty(rows.shape, dtype=bool)
+    for p, k in zip(periods, counts, strict=True):
+        r, f = rows[:k], finite[:k]
+        np.compress(idx == p, x, axis=0, out=r)
+        np.isfinite(r, out=f)
+        np.copyto(r, 0, where=np.logical_not(f, out=bad[:k]))
+        # Accumulate in float64: NumPy keeps float32 rows float32 through sum() otherwise.
+        out[0, p] = r.sum(axis=0, dtype=np.float64)
+        out[1, p] = f.sum(axis=0)
     return out
 
 
@@ -173,17 +183,44 @@ def climatology(
     return out.assign_coords(period=xr.DataArray(np.arange(1, n + 1), dims="period", attrs=attrs))
 
 
+class _Anomalies:
+    """(x - climatology[period] - mean) / std of a block's time slices, into buffers made
+    once per block (see :func:`_period_sums` on why): the same operations, dtypes and
+    values as the plain expression, in float64 from the subtraction of the mean on."""
+
+    def __init__(self, x: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        self.x, self.clim = x, clim
+        self.mean, self.std = mean.reshape(shape), std.reshape(shape)
+        self.step = chunking.slice_steps(x[:1].size)
+        rows = (min(self.step, x.shape[0]), *x.shape[1:])
+        self.seasonal = np.empty(rows, dtype=clim.dtype)
+        diff = np.result_type(x.dtype, clim.dtype)
+        self.diff = self.seasonal if diff == clim.dtype else np.empty(rows, dtype=diff)
+        self.wide = np.empty(rows, dtype=np.result_type(diff, self.mean.dtype, self.std.dtype))
+
+    def slices(self) -> range:
+        return range(0, self.x.shape[0], self.step)
+
+    def __call__(self, t: int, idx: np.ndarray) -> np.ndarray:
+        """The anomalies of steps ``t : t + step`` (periods ``idx``), in float64 (a buffer)."""
+        x = self.x[t : t + self.step]
+        n = x.shape[0]
+        seasonal, diff, wide = self.seasonal[:n], self.diff[:n], self.wide[:n]
+        np.take(self.clim, idx, axis=0, out=seasonal, mode="clip")  # every idx is valid
+        np.subtract(x, seasonal, out=diff)
+        np.subtract(diff, self.mean, out=wide)
+        return np.divide(wide, self.std, out=wide)
+
+
 def _normalised_anomaly(
     x: np.ndarray, idx: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray
 ) -> np.ndarray:
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    m, s = mean.reshape(shape), std.reshape(shape)
     out = np.empty(x.shape, dtype=np.float32)
     # Slices of the block: the float64 temporaries stay a few MB (same values as at once).
-    step = chunking.slice_steps(x[:1].size)
-    for t in range(0, x.shape[0], step):
-        sl = slice(t, t + step)
-        out[sl] = (x[sl] - clim[idx[sl]] - m) / s
+    anomalies = _Anomalies(x, clim, mean, std)
+    for t in anomalies.slices():
+        out[t : t + anomalies.step] = anomalies(t, idx[t : t + anomalies.step])
     return out
 
 
@@ -205,34 +242,33 @@ def anomalies(
     return xr.DataArray(out, dims=x.dims, coords=x.coords)
 
 
-def _moments(a: np.ndarray) -> np.ndarray:
-    """Count, sum and sum of squares of the finite values per variable (axis 1) of one block.
-
-    In float64 and over slices of the block, so the temporaries stay a few MB: (3, n_vars).
-    """
-    out = np.zeros((3, a.shape[1]), dtype=np.float64)
-    axes = (0, *range(2, a.ndim))
-    step = chunking.slice_steps(a[:1].size)
-    for t in range(0, a.shape[0], step):
-        s = a[t : t + step].astype(np.float64)
-        finite = np.isfinite(s)
-        s[~finite] = 0.0
-        out[0] += finite.sum(axis=axes)
-        out[1] += s.sum(axis=axes)
-        out[2] += (s * s).sum(axis=axes)
-    return out
-
-
 def _anomaly_moments(x: np.ndarray, idx: np.ndarray, clim: np.ndarray) -> np.ndarray:
-    """:func:`_moments` of the block's anomalies (no mean or std yet), slice by slice: the
-    same slices and sums as of the whole block's anomalies, without that block in memory."""
+    """Count, sum and sum of squares of the finite float32 anomalies (no mean or std yet) per
+    variable (axis 1) of one block: (3, n_vars, 1, ...).
+
+    In float64, slice by slice, so the block's anomalies are never all in memory; the same
+    slices and sums as of the whole block's anomalies (made first, then summed).
+    """
     zero, one = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    anomalies = _Anomalies(x, clim, zero, one)
     out = np.zeros((3, x.shape[1]), dtype=np.float64)
-    step = chunking.slice_steps(x[:1].size)
-    for t in range(0, x.shape[0], step):
-        sl = slice(t, t + step)
-        out += _moments(_normalised_anomaly(x[sl], idx[sl], clim, zero, one))
-    return out[..., None, None]
+    axes = (0, *range(2, x.ndim))
+    rows = anomalies.wide.shape
+    stored = np.empty(rows, dtype=np.float32)
+    finite, bad = np.empty(rows, dtype=bool), np.empty(rows, dtype=bool)
+    square = np.empty(rows, dtype=np.float64)
+    for t in anomalies.slices():
+        a = anomalies(t, idx[t : t + anomalies.step])
+        n = a.shape[0]
+        np.copyto(stored[:n], a, casting="unsafe")  # as stored: float32
+        s, f = a, finite[:n]
+        np.copyto(s, stored[:n])
+        np.isfinite(s, out=f)
+        np.copyto(s, 0.0, where=np.logical_not(f, out=bad[:n]))
+        out[0] += f.sum(axis=axes)
+        out[1] += s.sum(axis=axes)
+        out[2] += np.multiply(s, s, out=square[:n]).sum(axis=axes)
+    return out.reshape(3, x.shape[1], *(1,) * (x.ndim - 2))
 
 
 def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr.DataArray:
