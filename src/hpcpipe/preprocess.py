@@ -23,29 +23,30 @@ from hpcpipe.timeaxis import climatology_for
 log = logging.getLogger("hpcpipe.preprocess")
 
 
-def _period_sums(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
-    """Sums and counts of finite values per period for one time block: (2, n, ...).
+def _period_sums(fields: tuple[np.ndarray, ...], idx: np.ndarray, n: int) -> np.ndarray:
+    """Sums and counts of finite values per period for one time block of the variables
+    ``fields`` (each (time, ...)): (2, n, n_vars, ...).
 
-    Period by period, so a task holds the block plus one period's rows in float64, never a
-    float64 copy of the whole block (the sums are the same, added in the same order). The
-    rows go to buffers made once per block: Dask's workers make glibc map every allocation
-    over 128 KB afresh (MALLOC_TRIM_THRESHOLD_), and first touches then cost more than the
-    sums (the same values as ``np.where(finite, rows, 0.0)``, summed the same way).
+    Period by period and variable by variable (sums over time alone: the same as of the
+    stacked block), into buffers made once per block: Dask's workers make glibc map every
+    allocation over 128 KB afresh (MALLOC_TRIM_THRESHOLD_), and first touches then cost more
+    than the sums. Accumulated in float64, the same values as ``np.where(finite, rows, 0)``.
     """
-    out = np.zeros((2, n, *x.shape[1:]), dtype=np.float64)
+    grid = fields[0].shape[1:]
+    out = np.zeros((2, n, len(fields), *grid), dtype=np.float64)
     periods, counts = np.unique(idx, return_counts=True)
     if not periods.size:
         return out
-    rows = np.empty((counts.max(), *x.shape[1:]), dtype=x.dtype)
+    rows = np.empty((counts.max(), *grid), dtype=fields[0].dtype)
     finite, bad = np.empty(rows.shape, dtype=bool), np.empty(rows.shape, dtype=bool)
     for p, k in zip(periods, counts, strict=True):
-        r, f = rows[:k], finite[:k]
-        np.compress(idx == p, x, axis=0, out=r)
-        np.isfinite(r, out=f)
-        np.copyto(r, 0, where=np.logical_not(f, out=bad[:k]))
-        # Accumulate in float64: NumPy keeps float32 rows float32 through sum() otherwise.
-        out[0, p] = r.sum(axis=0, dtype=np.float64)
-        out[1, p] = f.sum(axis=0)
+        r, f, chosen = rows[:k], finite[:k], idx == p
+        for v, field in enumerate(fields):
+            np.compress(chosen, field, axis=0, out=r)
+            np.isfinite(r, out=f)
+            np.copyto(r, 0, where=np.logical_not(f, out=bad[:k]))
+            out[0, p, v] = r.sum(axis=0, dtype=np.float64)
+            out[1, p, v] = f.sum(axis=0)
     return out
 
 
@@ -75,36 +76,51 @@ def tree_sum(parts: list[Any], split_every: int = 4) -> Any:
 
 
 def _per_block(
-    func: Any, data: da.Array, idx: da.Array, shape: tuple[int, ...], *whole: Any, **kw: Any
+    func: Any,
+    fields: list[da.Array],
+    idx: da.Array,
+    shape: tuple[int, ...],
+    *whole: Any,
+    **kw: Any,
 ) -> da.Array:
-    """``func(block, idx_block, *whole, **kw)`` of every time block of ``data``: a small float64
-    result of ``shape`` per block, its last ``data.ndim - 1`` axes those of ``data`` (whole, or
-    1 where ``func`` reduced them), stacked along a new first axis (a row per block).
+    """``func(fields_block, idx_block, *whole, **kw)`` of every time block of the variables
+    ``fields`` (each (time, ...)): a small float64 result of ``shape`` per block, its last
+    axes those of a field (whole, or 1 where ``func`` reduced them), stacked along a new first
+    axis (a row per block).
 
-    Blockwise, with every axis of ``data`` in the result, so that Dask fuses it with the tasks
-    that load the block (it fuses no blockwise layer that reduces an axis into the next): each
-    block is read, reduced and dropped inside one task, never a task's result (Dask counts
-    each such result as managed memory, a view as much as a copy, and spills past its target).
-    ``whole``: whole arrays for every task, each one node of the graph (not copied into each).
+    Blockwise, with every axis of the fields in the result, so that Dask fuses it with the
+    tasks that load the block (it fuses no blockwise layer that reduces an axis into the
+    next): each block is read, reduced and dropped inside one task, never a task's result
+    (Dask counts each such result as managed memory, a view as much as a copy, and spills
+    past its target). ``whole``: arrays for every task, each one node of the graph.
     """
-    rows = tuple(f"r{i}" for i in range(len(shape) - data.ndim + 1))
-    axes = tuple(f"d{i}" for i in range(1, data.ndim))
-    data = data.rechunk({i: -1 for i in range(1, data.ndim)})  # whole fields (as they come)
+    axes = tuple(f"d{i}" for i in range(1, fields[0].ndim))
+    rows = tuple(f"r{i}" for i in range(len(shape) - len(axes)))
+    args: list[Any] = []
+    for f in fields:
+        args += [f.rechunk({i: -1 for i in range(1, f.ndim)}), ("b", *axes)]  # whole fields
     return da.blockwise(
-        _one_row, ("b", *rows, *axes), data, ("b", *axes), idx, ("b",),
+        _one_row, ("b", *rows, *axes), *args, idx, ("b",),
         *(a for w in whole for a in (dask.delayed(w), None)),
-        reduce=func, reduce_kw=kw, dtype=np.float64,
+        n_fields=len(fields), reduce=func, reduce_kw=kw, dtype=np.float64,
         new_axes=dict(zip(rows, shape, strict=False)),
         adjust_chunks={"b": 1, **dict(zip(axes, shape[len(rows) :], strict=True))},
     )  # fmt: skip
 
 
-def _one_row(x: np.ndarray, idx: np.ndarray, *whole: Any, reduce: Any, reduce_kw: dict) -> Any:
+def _one_row(*arrays: Any, n_fields: int, reduce: Any, reduce_kw: dict) -> Any:
+    fields, idx, whole = arrays[:n_fields], arrays[n_fields], arrays[n_fields + 1 :]
     # Only the block's steps that count (those of the training period, contiguous): the
     # same rows, in the same slices, as the block of the training period alone would have.
     rows = np.flatnonzero(idx >= 0)
     rows = slice(rows[0], rows[-1] + 1) if rows.size else slice(0, 0)
-    return reduce(x[rows], idx[rows], *whole, **reduce_kw)[None]
+    return reduce(tuple(f[rows] for f in fields), idx[rows], *whole, **reduce_kw)[None]
+
+
+def _fields_of(x: xr.DataArray) -> list[da.Array]:
+    """The variables (axis 1) of ``x`` (time, variable, ...) apart, as Dask arrays."""
+    data = _dask(x.data)
+    return [data[:, v] for v in range(x.shape[1])]
 
 
 def _counted_blocks(data: da.Array, idx: np.ndarray, steps: slice) -> tuple[da.Array, list[int]]:
@@ -145,19 +161,18 @@ def climatology(
     window: int,
     hours: list[int] | None = None,
     steps: slice = slice(None),
+    fields: list[da.Array] | None = None,
 ) -> xr.DataArray:
-    """Mean per period of ``x`` (time, ...) over its time ``steps`` (all by default), smoothed
-    circularly over the days of the year for ``dayofyear`` and ``hour_dayofyear`` (hour by
-    hour)."""
+    """Mean per period of ``x`` (time, variable, ...) over its time ``steps`` (all by
+    default), smoothed circularly over the days of the year for ``dayofyear`` and
+    ``hour_dayofyear`` (hour by hour). ``fields``: the variables of ``x`` apart, where ``x``
+    stacks them (read apart, the block is never stacked)."""
     idx, n = period_index(x["time"], kind, hours)
     per_day = len(hours or ()) if kind == "hour_dayofyear" else 1
-    data = (
-        x.data
-        if isinstance(x.data, da.Array)
-        else da.from_array(x.data, chunks=(len(idx),) + x.shape[1:])
-    )
-    idx_d, blocks = _counted_blocks(data, idx, steps)
-    sums_d = _per_block(_period_sums, data, idx_d, (2, n, *data.shape[1:]), n=n).to_delayed()
+    fields = fields or _fields_of(x)
+    idx_d, blocks = _counted_blocks(fields[0], idx, steps)
+    shape = (2, n, x.shape[1], *x.shape[2:])
+    sums_d = _per_block(_period_sums, fields, idx_d, shape, n=n).to_delayed()
     total = tree_sum([sums_d.ravel()[b] for b in blocks]).compute()[0]
     sums, counts = total[0], total[1]
     if kind in ("dayofyear", "hour_dayofyear"):
@@ -184,75 +199,92 @@ def climatology(
 
 
 class _Anomalies:
-    """(x - climatology[period] - mean) / std of a block's time slices, into buffers made
-    once per block (see :func:`_period_sums` on why): the same operations, dtypes and
-    values as the plain expression, in float64 from the subtraction of the mean on."""
+    """(x - climatology[period] - mean) / std of a block's time slices, x the stack of the
+    variables ``fields`` (axis 1), computed variable by variable into buffers made once per
+    block (see :func:`_period_sums` on why): the same operations, dtypes and values as the
+    expression on the stacked slice, in float64 from the subtraction of the mean on."""
 
-    def __init__(self, x: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        self.x, self.clim = x, clim
-        self.mean, self.std = mean.reshape(shape), std.reshape(shape)
-        self.step = chunking.slice_steps(x[:1].size)
-        rows = (min(self.step, x.shape[0]), *x.shape[1:])
+    def __init__(
+        self, fields: tuple[np.ndarray, ...], clim: np.ndarray, mean: np.ndarray, std: np.ndarray
+    ) -> None:
+        grid = fields[0].shape[1:]
+        self.fields, self.clim = fields, clim
+        self.mean, self.std = mean.reshape(-1), std.reshape(-1)  # per variable
+        self.step = chunking.slice_steps(len(fields) * int(np.prod(grid)))
+        rows = (min(self.step, fields[0].shape[0]), *grid)
         self.seasonal = np.empty(rows, dtype=clim.dtype)
-        diff = np.result_type(x.dtype, clim.dtype)
+        diff = np.result_type(fields[0].dtype, clim.dtype)
         self.diff = self.seasonal if diff == clim.dtype else np.empty(rows, dtype=diff)
-        self.wide = np.empty(rows, dtype=np.result_type(diff, self.mean.dtype, self.std.dtype))
+        wide = np.result_type(diff, self.mean.dtype, self.std.dtype)
+        self.wide = np.empty((rows[0], len(fields), *grid), dtype=wide)
 
     def slices(self) -> range:
-        return range(0, self.x.shape[0], self.step)
+        return range(0, self.fields[0].shape[0], self.step)
 
     def __call__(self, t: int, idx: np.ndarray) -> np.ndarray:
-        """The anomalies of steps ``t : t + step`` (periods ``idx``), in float64 (a buffer)."""
-        x = self.x[t : t + self.step]
-        n = x.shape[0]
+        """The anomalies of steps ``t : t + step`` (periods ``idx``), stacked, in float64 (a
+        buffer)."""
+        n = idx.shape[0]
         seasonal, diff, wide = self.seasonal[:n], self.diff[:n], self.wide[:n]
-        np.take(self.clim, idx, axis=0, out=seasonal, mode="clip")  # every idx is valid
-        np.subtract(x, seasonal, out=diff)
-        np.subtract(diff, self.mean, out=wide)
-        return np.divide(wide, self.std, out=wide)
+        for v, field in enumerate(self.fields):
+            np.take(self.clim[:, v], idx, axis=0, out=seasonal, mode="clip")  # all valid
+            np.subtract(field[t : t + n], seasonal, out=diff)
+            # Arrays of one value, not scalars: NumPy promotes the same way (to float64).
+            np.subtract(diff, self.mean[v : v + 1], out=wide[:, v])
+            np.divide(wide[:, v], self.std[v : v + 1], out=wide[:, v])
+        return wide
 
 
-def _normalised_anomaly(
-    x: np.ndarray, idx: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray
-) -> np.ndarray:
-    out = np.empty(x.shape, dtype=np.float32)
+def _normalised_anomaly(*arrays: Any, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The float32 anomalies of one block: ``arrays`` are the variables' blocks, the block's
+    period index and the climatology."""
+    *fields, idx, clim = arrays
+    out = np.empty((fields[0].shape[0], len(fields), *fields[0].shape[1:]), dtype=np.float32)
     # Slices of the block: the float64 temporaries stay a few MB (same values as at once).
-    anomalies = _Anomalies(x, clim, mean, std)
+    anomalies = _Anomalies(tuple(fields), clim, mean, std)
     for t in anomalies.slices():
         out[t : t + anomalies.step] = anomalies(t, idx[t : t + anomalies.step])
     return out
 
 
 def anomalies(
-    x: xr.DataArray, clim: xr.DataArray, mean: np.ndarray, std: np.ndarray
+    x: xr.DataArray,
+    clim: xr.DataArray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    fields: list[da.Array] | None = None,
 ) -> xr.DataArray:
-    """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph)."""
+    """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph).
+    ``fields``: as for :func:`climatology`."""
     period = clim["period"].attrs
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
-    data = x.data if isinstance(x.data, da.Array) else da.from_array(x.data)
-    idx_d = da.from_array(idx, chunks=(data.chunks[0],))
+    fields = [f.rechunk({i: -1 for i in range(1, f.ndim)}) for f in fields or _fields_of(x)]
+    idx_d = da.from_array(idx, chunks=(fields[0].chunks[0],))
+    grid = "yxwz"[: fields[0].ndim - 1]
     # The climatology is one node of the graph, not an array with an axis of its own: Dask
     # fuses no blockwise layer into one that reduces an axis, and this one should take in
     # the loading and stacking of its block (one task per block).
     out = da.blockwise(
-        _normalised_anomaly, "tvyx", data, "tvyx", idx_d, "t", dask.delayed(clim.values), None,
+        _normalised_anomaly, "tv" + grid, *(a for f in fields for a in (f, "t" + grid)),
+        idx_d, "t", dask.delayed(clim.values), None, new_axes={"v": len(fields)},
         mean=np.asarray(mean, np.float64), std=np.asarray(std, np.float64), dtype=np.float32,
     )  # fmt: skip
     return xr.DataArray(out, dims=x.dims, coords=x.coords)
 
 
-def _anomaly_moments(x: np.ndarray, idx: np.ndarray, clim: np.ndarray) -> np.ndarray:
+def _anomaly_moments(
+    fields: tuple[np.ndarray, ...], idx: np.ndarray, clim: np.ndarray
+) -> np.ndarray:
     """Count, sum and sum of squares of the finite float32 anomalies (no mean or std yet) per
     variable (axis 1) of one block: (3, n_vars, 1, ...).
 
     In float64, slice by slice, so the block's anomalies are never all in memory; the same
     slices and sums as of the whole block's anomalies (made first, then summed).
     """
-    zero, one = np.zeros(x.shape[1]), np.ones(x.shape[1])
-    anomalies = _Anomalies(x, clim, zero, one)
-    out = np.zeros((3, x.shape[1]), dtype=np.float64)
-    axes = (0, *range(2, x.ndim))
+    zero, one = np.zeros(len(fields)), np.ones(len(fields))
+    anomalies = _Anomalies(fields, clim, zero, one)
+    out = np.zeros((3, len(fields)), dtype=np.float64)
+    axes = (0, *range(2, fields[0].ndim + 1))
     rows = anomalies.wide.shape
     stored = np.empty(rows, dtype=np.float32)
     finite, bad = np.empty(rows, dtype=bool), np.empty(rows, dtype=bool)
@@ -268,17 +300,20 @@ def _anomaly_moments(x: np.ndarray, idx: np.ndarray, clim: np.ndarray) -> np.nda
         out[0] += f.sum(axis=axes)
         out[1] += s.sum(axis=axes)
         out[2] += np.multiply(s, s, out=square[:n]).sum(axis=axes)
-    return out.reshape(3, x.shape[1], *(1,) * (x.ndim - 2))
+    return out.reshape(3, len(fields), *(1,) * (fields[0].ndim - 1))
 
 
-def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr.DataArray:
+def _canonical_blocks(
+    raw: xr.Dataset, variables: list[str], coarsen: int
+) -> tuple[xr.DataArray, list[da.Array]]:
     """The variables as one (time, variable, lat, lon) float32 array, coarsened, in the
-    canonical time blocks."""
+    canonical time blocks, and each variable's blocks apart (what the passes read)."""
     fields = []
     for v in variables:
-        # Each variable apart, whole fields per chunk; stacked block by block below, so that a
-        # block's loading, stacking and use are one task (a rechunk across variables is not
-        # blockwise: Dask would keep every variable's block and the stacked one as results).
+        # Each variable apart, whole fields per chunk: the passes read the variables' blocks
+        # apart, so that a block's loading and use are one task (a rechunk across variables
+        # is not blockwise: Dask would keep every variable's block and the stacked one as
+        # results), and never stack a whole block.
         f = raw[v].transpose("time", "lat", "lon").astype(np.float32)
         f = f.copy(deep=False, data=_dask(f.data).rechunk({1: -1, 2: -1}))
         if coarsen > 1:
@@ -297,9 +332,10 @@ def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr
     )  # fmt: skip
     coords = {k: c for k, c in first.coords.items() if set(c.dims) <= {"time", "lat", "lon"}}
     names = np.array(variables, dtype=object)  # as to_array makes it (the store's dtype)
-    return xr.DataArray(
+    x = xr.DataArray(
         data, dims=("time", "variable", "lat", "lon"), coords={**coords, "variable": names}
     )
+    return x, blocks
 
 
 def _dask(a: Any) -> da.Array:
@@ -313,17 +349,22 @@ def _stack_fields(*fields: np.ndarray) -> np.ndarray:
 
 
 def _normalisation(
-    x: xr.DataArray, clim: xr.DataArray, variables: list[str], steps: slice
+    x: xr.DataArray,
+    clim: xr.DataArray,
+    variables: list[str],
+    steps: slice,
+    fields: list[da.Array] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per variable of the anomalies over the time ``steps`` (the training
     period) of ``x`` (float64)."""
     period = clim["period"].attrs
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
-    idx_d, blocks = _counted_blocks(x.data, idx, steps)
-    shape = (3, len(variables), 1, 1)  # a block's moments per variable (axis 1)
-    parts = _per_block(_anomaly_moments, x.data, idx_d, shape, clim.values).to_delayed()
+    fields = fields or _fields_of(x)
+    idx_d, blocks = _counted_blocks(fields[0], idx, steps)
+    shape = (3, len(variables), *(1,) * (x.ndim - 2))  # a block's moments per variable
+    parts = _per_block(_anomaly_moments, fields, idx_d, shape, clim.values).to_delayed()
     total = tree_sum([parts.ravel()[b] for b in blocks]).compute()[0]
-    count, total, total_sq = total[..., 0, 0]
+    count, total, total_sq = total.reshape(3, len(variables))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean, sq = total / count, total_sq / count
     std = np.sqrt(np.maximum(sq - mean**2, 0.0))
@@ -355,18 +396,18 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     raw = raw.reset_coords(drop=True)  # ingest's per-step summary is not carried on
     axis = check_raw(raw, variables)
     kind = climatology_for(params["climatology"], axis.resolution, f"raw data ({axis.frequency})")
-    x = _canonical_blocks(raw, variables, params["coarsen"])
+    x, fields = _canonical_blocks(raw, variables, params["coarsen"])
     bounds = splits.split_indices(raw, params["split"], "raw data")
     t0, t1 = bounds["train"]
     train = slice(t0, t1)
     window = params["climatology_window"]
     hours = hours_of_day(x["time"][train]) if kind == "hour_dayofyear" else None
     log.info("climatology (%s, window %d) over %d training steps", kind, window, t1 - t0)
-    clim = climatology(x, kind, window, hours, train)
-    mean, std = _normalisation(x, clim, variables, train)
+    clim = climatology(x, kind, window, hours, train, fields)
+    mean, std = _normalisation(x, clim, variables, train, fields)
     out = xr.Dataset(
         {
-            "anomaly": anomalies(x, clim, mean, std),
+            "anomaly": anomalies(x, clim, mean, std, fields),
             "climatology": clim,
             "mean": ("variable", mean.astype(np.float64)),
             "std": ("variable", std.astype(np.float64)),
