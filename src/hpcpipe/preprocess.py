@@ -14,6 +14,8 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.core import flatten
 
 from hpcpipe import chunking, grid, splits
 from hpcpipe.contracts import check_raw
@@ -75,41 +77,67 @@ def tree_sum(parts: list[Any], split_every: int = 4) -> Any:
     return parts[0]
 
 
-def _per_block(
-    func: Any,
-    fields: list[da.Array],
-    idx: da.Array,
-    shape: tuple[int, ...],
-    *whole: Any,
-    **kw: Any,
-) -> da.Array:
-    """``func(fields_block, idx_block, *whole, **kw)`` of every time block of the variables
-    ``fields`` (each (time, ...)): a small float64 result of ``shape`` per block, its last
-    axes those of a field (whole, or 1 where ``func`` reduced them), stacked along a new first
-    axis (a row per block).
+class _Blocks:
+    """The time blocks of the variables ``fields`` (Dask arrays (time, ...), in the same time
+    blocks), each computed inside the task that uses it.
 
-    Blockwise, with every axis of the fields in the result, so that Dask fuses it with the
-    tasks that load the block (it fuses no blockwise layer that reduces an axis into the
-    next): each block is read, reduced and dropped inside one task, never a task's result
-    (Dask counts each such result as managed memory, a view as much as a copy, and spills
-    past its target). ``whole``: arrays for every task, each one node of the graph.
+    A task of the passes reads its block's chunks of every variable, and whatever Dask does
+    to make them (a rechunk that merges chunks of the input, coarsening), itself: none is
+    ever a task's result. Dask counts every such result as managed memory, a view as much
+    as a copy, and spills past its target, which a worker whose own memory is most of its
+    limit passes with one block; blockwise fusion does not reach through a rechunk.
     """
-    axes = tuple(f"d{i}" for i in range(1, fields[0].ndim))
-    rows = tuple(f"r{i}" for i in range(len(shape) - len(axes)))
-    args: list[Any] = []
-    for f in fields:
-        args += [f.rechunk({i: -1 for i in range(1, f.ndim)}), ("b", *axes)]  # whole fields
+
+    def __init__(self, fields: list[da.Array]) -> None:
+        fields = [f.rechunk({i: -1 for i in range(1, f.ndim)}) for f in fields]  # whole fields
+        self.chunks: tuple[int, ...] = fields[0].chunks[0]
+        self.starts = np.concatenate([[0], np.cumsum(self.chunks)]).astype(int)
+        self.grid: tuple[int, ...] = fields[0].shape[1:]
+        self.n_fields = len(fields)
+        self.graphs: list[tuple[dict, list]] = []
+        for b in range(len(self.chunks)):
+            graph: dict = {}
+            keys = []
+            for f in fields:
+                block = f.blocks[b]
+                keys.append(next(iter(flatten(block.__dask_keys__()))))
+                graph.update(block.__dask_optimize__(block.__dask_graph__(), keys[-1:]))
+            self.graphs.append((graph, keys))
+        self.name = "blocks-" + tokenize(*(f.name for f in fields))
+
+    def read(self, b: int) -> tuple[np.ndarray, ...]:
+        """Block ``b`` of every variable, computed here by the synchronous scheduler."""
+        graph, keys = self.graphs[b]
+        return tuple(dask.get(graph, keys))
+
+    def ids(self) -> da.Array:
+        return da.arange(len(self.chunks), chunks=1)
+
+    def node(self) -> Any:
+        """This object as one node of a graph (sent once to each worker, not with each task)."""
+        return dask.delayed(self, name=self.name)
+
+
+def _per_block(
+    func: Any, blocks: _Blocks, idx: np.ndarray, shape: tuple[int, ...], *whole: Any, **kw: Any
+) -> da.Array:
+    """``func(fields_block, idx_block, *whole, **kw)`` of every time block: a small float64
+    result of ``shape`` per block, stacked along a new first axis (a row per block). One task
+    per block, which reads the block, reduces it and drops it (see :class:`_Blocks`).
+    ``idx``, ``whole``: arrays for every task, each one node of the graph."""
+    rows = tuple(f"r{i}" for i in range(len(shape)))
     return da.blockwise(
-        _one_row, ("b", *rows, *axes), *args, idx, ("b",),
-        *(a for w in whole for a in (dask.delayed(w), None)),
-        n_fields=len(fields), reduce=func, reduce_kw=kw, dtype=np.float64,
-        new_axes=dict(zip(rows, shape, strict=False)),
-        adjust_chunks={"b": 1, **dict(zip(axes, shape[len(rows) :], strict=True))},
+        _one_row, ("b", *rows), blocks.ids(), ("b",), blocks.node(), None, dask.delayed(idx),
+        None, *(a for w in whole for a in (dask.delayed(w), None)), reduce=func, reduce_kw=kw,
+        dtype=np.float64, new_axes=dict(zip(rows, shape, strict=True)),
     )  # fmt: skip
 
 
-def _one_row(*arrays: Any, n_fields: int, reduce: Any, reduce_kw: dict) -> Any:
-    fields, idx, whole = arrays[:n_fields], arrays[n_fields], arrays[n_fields + 1 :]
+def _one_row(
+    b: np.ndarray, blocks: _Blocks, idx: np.ndarray, *whole: Any, reduce: Any, reduce_kw: dict
+) -> Any:
+    fields, start = blocks.read(int(b[0])), blocks.starts[int(b[0])]
+    idx = idx[start : start + fields[0].shape[0]]
     # Only the block's steps that count (those of the training period, contiguous): the
     # same rows, in the same slices, as the block of the training period alone would have.
     rows = np.flatnonzero(idx >= 0)
@@ -123,19 +151,15 @@ def _fields_of(x: xr.DataArray) -> list[da.Array]:
     return [data[:, v] for v in range(x.shape[1])]
 
 
-def _counted_blocks(data: da.Array, idx: np.ndarray, steps: slice) -> tuple[da.Array, list[int]]:
-    """The period index of each time step of ``data`` (-1 outside ``steps``) as a Dask array
-    in ``data``'s time blocks, and the blocks that hold some of ``steps``.
-
-    The reductions run over the blocks of the whole array, not of a slice of it: a slice is
-    not blockwise, and Dask would then keep each sliced block as a task's result.
-    """
+def _counted(blocks: _Blocks, idx: np.ndarray, steps: slice) -> tuple[np.ndarray, list[int]]:
+    """The period index of each time step (-1 outside ``steps``) and the blocks that hold
+    some of ``steps``: the reductions run over the blocks of the whole array, so that the
+    training period's blocks are the same blocks as the others'."""
     counted = np.full(idx.shape, -1, dtype=idx.dtype)
     counted[steps] = idx[steps]
     t0, t1, _ = steps.indices(idx.size)
-    ends = np.cumsum(data.chunks[0])
-    blocks = [b for b, end in enumerate(ends) if end > t0 and end - data.chunks[0][b] < t1]
-    return da.from_array(counted, chunks=(data.chunks[0],)), blocks
+    starts = blocks.starts
+    return counted, [b for b in range(len(starts) - 1) if starts[b + 1] > t0 and starts[b] < t1]
 
 
 def _circular_smooth(a: np.ndarray, window: int) -> np.ndarray:
@@ -161,19 +185,19 @@ def climatology(
     window: int,
     hours: list[int] | None = None,
     steps: slice = slice(None),
-    fields: list[da.Array] | None = None,
+    blocks: _Blocks | None = None,
 ) -> xr.DataArray:
     """Mean per period of ``x`` (time, variable, ...) over its time ``steps`` (all by
     default), smoothed circularly over the days of the year for ``dayofyear`` and
-    ``hour_dayofyear`` (hour by hour). ``fields``: the variables of ``x`` apart, where ``x``
-    stacks them (read apart, the block is never stacked)."""
+    ``hour_dayofyear`` (hour by hour). ``blocks``: the variables of ``x`` apart, where ``x``
+    stacks them (read apart, a block is never stacked)."""
     idx, n = period_index(x["time"], kind, hours)
     per_day = len(hours or ()) if kind == "hour_dayofyear" else 1
-    fields = fields or _fields_of(x)
-    idx_d, blocks = _counted_blocks(fields[0], idx, steps)
+    blocks = blocks or _Blocks(_fields_of(x))
+    counted, used = _counted(blocks, idx, steps)
     shape = (2, n, x.shape[1], *x.shape[2:])
-    sums_d = _per_block(_period_sums, fields, idx_d, shape, n=n).to_delayed()
-    total = tree_sum([sums_d.ravel()[b] for b in blocks]).compute()[0]
+    sums_d = _per_block(_period_sums, blocks, counted, shape, n=n).to_delayed()
+    total = tree_sum([sums_d.ravel()[b] for b in used]).compute()[0]
     sums, counts = total[0], total[1]
     if kind in ("dayofyear", "hour_dayofyear"):
         sums, counts = _smooth_days(sums, window, per_day), _smooth_days(counts, window, per_day)
@@ -235,10 +259,17 @@ class _Anomalies:
         return wide
 
 
-def _normalised_anomaly(*arrays: Any, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """The float32 anomalies of one block: ``arrays`` are the variables' blocks, the block's
-    period index and the climatology."""
-    *fields, idx, clim = arrays
+def _block_anomaly(
+    b: np.ndarray,
+    blocks: _Blocks,
+    idx: np.ndarray,
+    clim: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+) -> np.ndarray:
+    """The float32 anomalies of block ``b`` (time, variable, ...)."""
+    fields, start = blocks.read(int(b[0])), blocks.starts[int(b[0])]
+    idx = idx[start : start + fields[0].shape[0]]
     out = np.empty((fields[0].shape[0], len(fields), *fields[0].shape[1:]), dtype=np.float32)
     # Slices of the block: the float64 temporaries stay a few MB (same values as at once).
     anomalies = _Anomalies(tuple(fields), clim, mean, std)
@@ -252,22 +283,20 @@ def anomalies(
     clim: xr.DataArray,
     mean: np.ndarray,
     std: np.ndarray,
-    fields: list[da.Array] | None = None,
+    blocks: _Blocks | None = None,
 ) -> xr.DataArray:
-    """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph).
-    ``fields``: as for :func:`climatology`."""
+    """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph):
+    one task per block, which reads the block (see :class:`_Blocks`) and which the store's
+    write of the block joins. ``blocks``: as for :func:`climatology`."""
     period = clim["period"].attrs
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
-    fields = [f.rechunk({i: -1 for i in range(1, f.ndim)}) for f in fields or _fields_of(x)]
-    idx_d = da.from_array(idx, chunks=(fields[0].chunks[0],))
-    grid = "yxwz"[: fields[0].ndim - 1]
-    # The climatology is one node of the graph, not an array with an axis of its own: Dask
-    # fuses no blockwise layer into one that reduces an axis, and this one should take in
-    # the loading and stacking of its block (one task per block).
+    blocks = blocks or _Blocks(_fields_of(x))
+    axes = "vyxwz"[: 1 + len(blocks.grid)]
     out = da.blockwise(
-        _normalised_anomaly, "tv" + grid, *(a for f in fields for a in (f, "t" + grid)),
-        idx_d, "t", dask.delayed(clim.values), None, new_axes={"v": len(fields)},
-        mean=np.asarray(mean, np.float64), std=np.asarray(std, np.float64), dtype=np.float32,
+        _block_anomaly, "t" + axes, blocks.ids(), "t", blocks.node(), None, dask.delayed(idx),
+        None, dask.delayed(clim.values), None, mean=np.asarray(mean, np.float64),
+        std=np.asarray(std, np.float64), dtype=np.float32, adjust_chunks={"t": blocks.chunks},
+        new_axes=dict(zip(axes, (blocks.n_fields, *blocks.grid), strict=True)),
     )  # fmt: skip
     return xr.DataArray(out, dims=x.dims, coords=x.coords)
 
@@ -353,17 +382,17 @@ def _normalisation(
     clim: xr.DataArray,
     variables: list[str],
     steps: slice,
-    fields: list[da.Array] | None = None,
+    blocks: _Blocks | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per variable of the anomalies over the time ``steps`` (the training
     period) of ``x`` (float64)."""
     period = clim["period"].attrs
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
-    fields = fields or _fields_of(x)
-    idx_d, blocks = _counted_blocks(fields[0], idx, steps)
+    blocks = blocks or _Blocks(_fields_of(x))
+    counted, used = _counted(blocks, idx, steps)
     shape = (3, len(variables), *(1,) * (x.ndim - 2))  # a block's moments per variable
-    parts = _per_block(_anomaly_moments, fields, idx_d, shape, clim.values).to_delayed()
-    total = tree_sum([parts.ravel()[b] for b in blocks]).compute()[0]
+    parts = _per_block(_anomaly_moments, blocks, counted, shape, clim.values).to_delayed()
+    total = tree_sum([parts.ravel()[b] for b in used]).compute()[0]
     count, total, total_sq = total.reshape(3, len(variables))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean, sq = total / count, total_sq / count
@@ -403,11 +432,12 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     window = params["climatology_window"]
     hours = hours_of_day(x["time"][train]) if kind == "hour_dayofyear" else None
     log.info("climatology (%s, window %d) over %d training steps", kind, window, t1 - t0)
-    clim = climatology(x, kind, window, hours, train, fields)
-    mean, std = _normalisation(x, clim, variables, train, fields)
+    blocks = _Blocks(fields)
+    clim = climatology(x, kind, window, hours, train, blocks)
+    mean, std = _normalisation(x, clim, variables, train, blocks)
     out = xr.Dataset(
         {
-            "anomaly": anomalies(x, clim, mean, std, fields),
+            "anomaly": anomalies(x, clim, mean, std, blocks),
             "climatology": clim,
             "mean": ("variable", mean.astype(np.float64)),
             "std": ("variable", std.astype(np.float64)),

@@ -236,11 +236,11 @@ def test_out_of_core_with_the_canonical_blocks_spills_no_block_and_matches_in_me
 ):
     """The canonical 32 MB blocks (no smaller ones) on 300 MB workers: each block is read,
     used and dropped in one task, so nothing spills, and the store holds the same bytes as
-    the one preprocessed in memory without Dask workers. The raw store in those blocks, as
-    ingest writes it for preprocess without coarsening."""
+    the one preprocessed in memory without Dask workers. The raw store in chunks of half a
+    block (Dask merges two into each block, inside the task that uses it)."""
     n_days = 27 * 1024  # 0.45 GB: 14 canonical blocks, more than a worker's whole limit
     raw_path = tmp_path / "raw.zarr"
-    write_store(lazy_raw(n_days, chunk_days=2048), raw_path, {"time": 2048})
+    write_store(lazy_raw(n_days, chunk_days=1024), raw_path, {"time": 1024})
     params = {**PARAMS, "climatology": "month", "split": _split(n_days)}
     alloc = Allocation(cpus=2, memory_bytes=int(2 * WORKER_MEMORY / 0.8), gpus=0, in_slurm=False)
     with dask_runtime(alloc, "local") as client:
