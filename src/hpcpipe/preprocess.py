@@ -3,6 +3,8 @@
 All statistics (climatology, mean/std, extreme quantiles) come from the training period
 only, so nothing from val/test leaks into the model. Each pass over the data is one small
 Dask graph with one task per storage chunk: climatology sums, anomaly statistics, write.
+Each task reads its own block and keeps only small sums (or writes the block), so data
+larger than the workers' memory streams through them without spilling (:class:`_Blocks`).
 """
 
 from __future__ import annotations
