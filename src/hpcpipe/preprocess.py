@@ -3,6 +3,8 @@
 All statistics (climatology, mean/std, extreme quantiles) come from the training period
 only, so nothing from val/test leaks into the model. Each pass over the data is one small
 Dask graph with one task per storage chunk: climatology sums, anomaly statistics, write.
+Each task reads its own block and keeps only small sums (or writes the block), so data
+larger than the workers' memory streams through them without spilling (:class:`_Blocks`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.core import flatten
 
 from hpcpipe import chunking, grid, splits
 from hpcpipe.contracts import check_raw
@@ -23,19 +27,30 @@ from hpcpipe.timeaxis import climatology_for
 log = logging.getLogger("hpcpipe.preprocess")
 
 
-def _period_sums(x: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
-    """Sums and counts of finite values per period for one time block: (2, n, ...).
+def _period_sums(fields: tuple[np.ndarray, ...], idx: np.ndarray, n: int) -> np.ndarray:
+    """Sums and counts of finite values per period for one time block of the variables
+    ``fields`` (each (time, ...)): (2, n, n_vars, ...).
 
-    Period by period, so a task holds the block plus one period's rows in float64, never a
-    float64 copy of the whole block (the sums are the same, added in the same order).
+    Period by period and variable by variable (sums over time alone: the same as of the
+    stacked block), into buffers made once per block: Dask's workers make glibc map every
+    allocation over 128 KB afresh (MALLOC_TRIM_THRESHOLD_), and first touches then cost more
+    than the sums. Accumulated in float64, the same values as ``np.where(finite, rows, 0)``.
     """
-    out = np.zeros((2, n, *x.shape[1:]), dtype=np.float64)
-    for p in np.unique(idx):
-        rows = x[idx == p]
-        finite = np.isfinite(rows)
-        # Accumulate in float64: NumPy keeps float32 rows float32 through where() and sum().
-        out[0, p] = np.where(finite, rows, 0.0).sum(axis=0, dtype=np.float64)
-        out[1, p] = finite.sum(axis=0)
+    grid = fields[0].shape[1:]
+    out = np.zeros((2, n, len(fields), *grid), dtype=np.float64)
+    periods, counts = np.unique(idx, return_counts=True)
+    if not periods.size:
+        return out
+    rows = np.empty((counts.max(), *grid), dtype=fields[0].dtype)
+    finite, bad = np.empty(rows.shape, dtype=bool), np.empty(rows.shape, dtype=bool)
+    for p, k in zip(periods, counts, strict=True):
+        r, f, chosen = rows[:k], finite[:k], idx == p
+        for v, field in enumerate(fields):
+            np.compress(chosen, field, axis=0, out=r)
+            np.isfinite(r, out=f)
+            np.copyto(r, 0, where=np.logical_not(f, out=bad[:k]))
+            out[0, p, v] = r.sum(axis=0, dtype=np.float64)
+            out[1, p, v] = f.sum(axis=0)
     return out
 
 
@@ -64,6 +79,91 @@ def tree_sum(parts: list[Any], split_every: int = 4) -> Any:
     return parts[0]
 
 
+class _Blocks:
+    """The time blocks of the variables ``fields`` (Dask arrays (time, ...), in the same time
+    blocks), each computed inside the task that uses it.
+
+    A task of the passes reads its block's chunks of every variable, and whatever Dask does
+    to make them (a rechunk that merges chunks of the input, coarsening), itself: none is
+    ever a task's result. Dask counts every such result as managed memory, a view as much
+    as a copy, and spills past its target, which a worker whose own memory is most of its
+    limit passes with one block; blockwise fusion does not reach through a rechunk.
+    """
+
+    def __init__(self, fields: list[da.Array]) -> None:
+        fields = [f.rechunk({i: -1 for i in range(1, f.ndim)}) for f in fields]  # whole fields
+        self.chunks: tuple[int, ...] = fields[0].chunks[0]
+        self.starts = np.concatenate([[0], np.cumsum(self.chunks)]).astype(int)
+        self.grid: tuple[int, ...] = fields[0].shape[1:]
+        self.n_fields = len(fields)
+        self.graphs: list[tuple[dict, list]] = []
+        for b in range(len(self.chunks)):
+            graph: dict = {}
+            keys = []
+            for f in fields:
+                block = f.blocks[b]
+                keys.append(next(iter(flatten(block.__dask_keys__()))))
+                graph.update(block.__dask_optimize__(block.__dask_graph__(), keys[-1:]))
+            self.graphs.append((graph, keys))
+        self.name = "blocks-" + tokenize(*(f.name for f in fields))
+
+    def read(self, b: int) -> tuple[np.ndarray, ...]:
+        """Block ``b`` of every variable, computed here by the synchronous scheduler."""
+        graph, keys = self.graphs[b]
+        return tuple(dask.get(graph, keys))
+
+    def ids(self) -> da.Array:
+        return da.arange(len(self.chunks), chunks=1)
+
+    def node(self) -> Any:
+        """This object as one node of a graph (sent once to each worker, not with each task)."""
+        return dask.delayed(self, name=self.name)
+
+
+def _per_block(
+    func: Any, blocks: _Blocks, idx: np.ndarray, shape: tuple[int, ...], *whole: Any, **kw: Any
+) -> da.Array:
+    """``func(fields_block, idx_block, *whole, **kw)`` of every time block: a small float64
+    result of ``shape`` per block, stacked along a new first axis (a row per block). One task
+    per block, which reads the block, reduces it and drops it (see :class:`_Blocks`).
+    ``idx``, ``whole``: arrays for every task, each one node of the graph."""
+    rows = tuple(f"r{i}" for i in range(len(shape)))
+    return da.blockwise(
+        _one_row, ("b", *rows), blocks.ids(), ("b",), blocks.node(), None, dask.delayed(idx),
+        None, *(a for w in whole for a in (dask.delayed(w), None)), reduce=func, reduce_kw=kw,
+        dtype=np.float64, new_axes=dict(zip(rows, shape, strict=True)),
+    )  # fmt: skip
+
+
+def _one_row(
+    b: np.ndarray, blocks: _Blocks, idx: np.ndarray, *whole: Any, reduce: Any, reduce_kw: dict
+) -> Any:
+    fields, start = blocks.read(int(b[0])), blocks.starts[int(b[0])]
+    idx = idx[start : start + fields[0].shape[0]]
+    # Only the block's steps that count (those of the training period, contiguous): the
+    # same rows, in the same slices, as the block of the training period alone would have.
+    rows = np.flatnonzero(idx >= 0)
+    rows = slice(rows[0], rows[-1] + 1) if rows.size else slice(0, 0)
+    return reduce(tuple(f[rows] for f in fields), idx[rows], *whole, **reduce_kw)[None]
+
+
+def _fields_of(x: xr.DataArray) -> list[da.Array]:
+    """The variables (axis 1) of ``x`` (time, variable, ...) apart, as Dask arrays."""
+    data = _dask(x.data)
+    return [data[:, v] for v in range(x.shape[1])]
+
+
+def _counted(blocks: _Blocks, idx: np.ndarray, steps: slice) -> tuple[np.ndarray, list[int]]:
+    """The period index of each time step (-1 outside ``steps``) and the blocks that hold
+    some of ``steps``: the reductions run over the blocks of the whole array, so that the
+    training period's blocks are the same blocks as the others'."""
+    counted = np.full(idx.shape, -1, dtype=idx.dtype)
+    counted[steps] = idx[steps]
+    t0, t1, _ = steps.indices(idx.size)
+    starts = blocks.starts
+    return counted, [b for b in range(len(starts) - 1) if starts[b + 1] > t0 and starts[b] < t1]
+
+
 def _circular_smooth(a: np.ndarray, window: int) -> np.ndarray:
     """Centred moving sum over axis 0, wrapping around the year."""
     if window <= 1:
@@ -82,23 +182,24 @@ def _smooth_days(a: np.ndarray, window: int, per_day: int) -> np.ndarray:
 
 
 def climatology(
-    x: xr.DataArray, kind: str, window: int, hours: list[int] | None = None
+    x: xr.DataArray,
+    kind: str,
+    window: int,
+    hours: list[int] | None = None,
+    steps: slice = slice(None),
+    blocks: _Blocks | None = None,
 ) -> xr.DataArray:
-    """Mean per period of ``x`` (time, ...), smoothed circularly over the days of the year
-    for ``dayofyear`` and ``hour_dayofyear`` (hour by hour)."""
+    """Mean per period of ``x`` (time, variable, ...) over its time ``steps`` (all by
+    default), smoothed circularly over the days of the year for ``dayofyear`` and
+    ``hour_dayofyear`` (hour by hour). ``blocks``: the variables of ``x`` apart, where ``x``
+    stacks them (read apart, a block is never stacked)."""
     idx, n = period_index(x["time"], kind, hours)
     per_day = len(hours or ()) if kind == "hour_dayofyear" else 1
-    data = (
-        x.data
-        if isinstance(x.data, da.Array)
-        else da.from_array(x.data, chunks=(len(idx),) + x.shape[1:])
-    )
-    idx_d = da.from_array(idx, chunks=(data.chunks[0],))
-    parts = [
-        dask.delayed(_period_sums)(blk, i, n)
-        for blk, i in zip(data.to_delayed().ravel(), idx_d.to_delayed().ravel(), strict=True)
-    ]
-    total = tree_sum(parts).compute()
+    blocks = blocks or _Blocks(_fields_of(x))
+    counted, used = _counted(blocks, idx, steps)
+    shape = (2, n, x.shape[1], *x.shape[2:])
+    sums_d = _per_block(_period_sums, blocks, counted, shape, n=n).to_delayed()
+    total = tree_sum([sums_d.ravel()[b] for b in used]).compute()[0]
     sums, counts = total[0], total[1]
     if kind in ("dayofyear", "hour_dayofyear"):
         sums, counts = _smooth_days(sums, window, per_day), _smooth_days(counts, window, per_day)
@@ -123,78 +224,178 @@ def climatology(
     return out.assign_coords(period=xr.DataArray(np.arange(1, n + 1), dims="period", attrs=attrs))
 
 
-def _normalised_anomaly(
-    x: np.ndarray, idx: np.ndarray, clim: np.ndarray, mean: np.ndarray, std: np.ndarray
+class _Anomalies:
+    """(x - climatology[period] - mean) / std of a block's time slices, x the stack of the
+    variables ``fields`` (axis 1), computed variable by variable into buffers made once per
+    block (see :func:`_period_sums` on why): the same operations, dtypes and values as the
+    expression on the stacked slice, in float64 from the subtraction of the mean on."""
+
+    def __init__(
+        self, fields: tuple[np.ndarray, ...], clim: np.ndarray, mean: np.ndarray, std: np.ndarray
+    ) -> None:
+        grid = fields[0].shape[1:]
+        self.fields, self.clim = fields, clim
+        self.mean, self.std = mean.reshape(-1), std.reshape(-1)  # per variable
+        self.step = chunking.slice_steps(len(fields) * int(np.prod(grid)))
+        rows = (min(self.step, fields[0].shape[0]), *grid)
+        self.seasonal = np.empty(rows, dtype=clim.dtype)
+        diff = np.result_type(fields[0].dtype, clim.dtype)
+        self.diff = self.seasonal if diff == clim.dtype else np.empty(rows, dtype=diff)
+        wide = np.result_type(diff, self.mean.dtype, self.std.dtype)
+        self.wide = np.empty((rows[0], len(fields), *grid), dtype=wide)
+
+    def slices(self) -> range:
+        return range(0, self.fields[0].shape[0], self.step)
+
+    def __call__(self, t: int, idx: np.ndarray) -> np.ndarray:
+        """The anomalies of steps ``t : t + step`` (periods ``idx``), stacked, in float64 (a
+        buffer)."""
+        n = idx.shape[0]
+        seasonal, diff, wide = self.seasonal[:n], self.diff[:n], self.wide[:n]
+        for v, field in enumerate(self.fields):
+            np.take(self.clim[:, v], idx, axis=0, out=seasonal, mode="clip")  # all valid
+            np.subtract(field[t : t + n], seasonal, out=diff)
+            # Arrays of one value, not scalars: NumPy promotes the same way (to float64).
+            np.subtract(diff, self.mean[v : v + 1], out=wide[:, v])
+            np.divide(wide[:, v], self.std[v : v + 1], out=wide[:, v])
+        return wide
+
+
+def _block_anomaly(
+    b: np.ndarray,
+    blocks: _Blocks,
+    idx: np.ndarray,
+    clim: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
 ) -> np.ndarray:
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    m, s = mean.reshape(shape), std.reshape(shape)
-    out = np.empty(x.shape, dtype=np.float32)
+    """The float32 anomalies of block ``b`` (time, variable, ...)."""
+    fields, start = blocks.read(int(b[0])), blocks.starts[int(b[0])]
+    idx = idx[start : start + fields[0].shape[0]]
+    out = np.empty((fields[0].shape[0], len(fields), *fields[0].shape[1:]), dtype=np.float32)
     # Slices of the block: the float64 temporaries stay a few MB (same values as at once).
-    step = chunking.slice_steps(x[:1].size)
-    for t in range(0, x.shape[0], step):
-        sl = slice(t, t + step)
-        out[sl] = (x[sl] - clim[idx[sl]] - m) / s
+    anomalies = _Anomalies(tuple(fields), clim, mean, std)
+    for t in anomalies.slices():
+        out[t : t + anomalies.step] = anomalies(t, idx[t : t + anomalies.step])
     return out
 
 
 def anomalies(
-    x: xr.DataArray, clim: xr.DataArray, mean: np.ndarray, std: np.ndarray
+    x: xr.DataArray,
+    clim: xr.DataArray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    blocks: _Blocks | None = None,
 ) -> xr.DataArray:
-    """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph)."""
+    """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph):
+    one task per block, which reads the block (see :class:`_Blocks`) and which the store's
+    write of the block joins. ``blocks``: as for :func:`climatology`."""
     period = clim["period"].attrs
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
-    data = x.data if isinstance(x.data, da.Array) else da.from_array(x.data)
-    idx_d = da.from_array(idx, chunks=(data.chunks[0],))
-    clim_d = da.from_array(clim.values, chunks=(-1, *data.chunks[1:]))
+    blocks = blocks or _Blocks(_fields_of(x))
+    axes = "vyxwz"[: 1 + len(blocks.grid)]
     out = da.blockwise(
-        _normalised_anomaly, "tvyx", data, "tvyx", idx_d, "t", clim_d, "pvyx",
-        mean=np.asarray(mean, np.float64), std=np.asarray(std, np.float64),
-        concatenate=True, dtype=np.float32,
+        _block_anomaly, "t" + axes, blocks.ids(), "t", blocks.node(), None, dask.delayed(idx),
+        None, dask.delayed(clim.values), None, mean=np.asarray(mean, np.float64),
+        std=np.asarray(std, np.float64), dtype=np.float32, adjust_chunks={"t": blocks.chunks},
+        new_axes=dict(zip(axes, (blocks.n_fields, *blocks.grid), strict=True)),
     )  # fmt: skip
     return xr.DataArray(out, dims=x.dims, coords=x.coords)
 
 
-def _moments(a: np.ndarray) -> np.ndarray:
-    """Count, sum and sum of squares of the finite values per variable (axis 1) of one block.
+def _anomaly_moments(
+    fields: tuple[np.ndarray, ...], idx: np.ndarray, clim: np.ndarray
+) -> np.ndarray:
+    """Count, sum and sum of squares of the finite float32 anomalies (no mean or std yet) per
+    variable (axis 1) of one block: (3, n_vars, 1, ...).
 
-    In float64 and over slices of the block, so the temporaries stay a few MB: (3, n_vars).
+    In float64, slice by slice, so the block's anomalies are never all in memory; the same
+    slices and sums as of the whole block's anomalies (made first, then summed).
     """
-    out = np.zeros((3, a.shape[1]), dtype=np.float64)
-    axes = (0, *range(2, a.ndim))
-    step = chunking.slice_steps(a[:1].size)
-    for t in range(0, a.shape[0], step):
-        s = a[t : t + step].astype(np.float64)
-        finite = np.isfinite(s)
-        s[~finite] = 0.0
-        out[0] += finite.sum(axis=axes)
+    zero, one = np.zeros(len(fields)), np.ones(len(fields))
+    anomalies = _Anomalies(fields, clim, zero, one)
+    out = np.zeros((3, len(fields)), dtype=np.float64)
+    axes = (0, *range(2, fields[0].ndim + 1))
+    rows = anomalies.wide.shape
+    stored = np.empty(rows, dtype=np.float32)
+    finite, bad = np.empty(rows, dtype=bool), np.empty(rows, dtype=bool)
+    square = np.empty(rows, dtype=np.float64)
+    for t in anomalies.slices():
+        a = anomalies(t, idx[t : t + anomalies.step])
+        n = a.shape[0]
+        np.copyto(stored[:n], a, casting="unsafe")  # as stored: float32
+        s, f = a, finite[:n]
+        np.copyto(s, stored[:n])
+        np.isfinite(s, out=f)
+        np.copyto(s, 0.0, where=np.logical_not(f, out=bad[:n]))
+        out[0] += f.sum(axis=axes)
         out[1] += s.sum(axis=axes)
-        out[2] += (s * s).sum(axis=axes)
-    return out
+        out[2] += np.multiply(s, s, out=square[:n]).sum(axis=axes)
+    return out.reshape(3, len(fields), *(1,) * (fields[0].ndim - 1))
 
 
-def _canonical_blocks(raw: xr.Dataset, variables: list[str], coarsen: int) -> xr.DataArray:
+def _canonical_blocks(
+    raw: xr.Dataset, variables: list[str], coarsen: int
+) -> tuple[xr.DataArray, list[da.Array]]:
     """The variables as one (time, variable, lat, lon) float32 array, coarsened, in the
-    canonical time blocks."""
-    x = raw[variables].to_array("variable").transpose("time", "variable", "lat", "lon")
-    # One chunk holds every variable and the whole grid: blockwise ops then see whole fields.
-    x = x.astype(np.float32).chunk({"variable": -1, "lat": -1, "lon": -1})
-    if coarsen > 1:
-        x = x.coarsen(lat=coarsen, lon=coarsen, boundary="trim").mean()
+    canonical time blocks, and each variable's blocks apart (what the passes read)."""
+    fields = []
+    for v in variables:
+        # Each variable apart, whole fields per chunk: the passes read the variables' blocks
+        # apart, so that a block's loading and use are one task (a rechunk across variables
+        # is not blockwise: Dask would keep every variable's block and the stacked one as
+        # results), and never stack a whole block.
+        f = raw[v].transpose("time", "lat", "lon").astype(np.float32)
+        f = f.copy(deep=False, data=_dask(f.data).rechunk({1: -1, 2: -1}))
+        if coarsen > 1:
+            f = f.coarsen(lat=coarsen, lon=coarsen, boundary="trim").mean()
+        fields.append(f)
     # Canonical time blocks, set by the data's shape alone: the reductions then add up in the
     # same order whatever the input's chunking or the number of workers, so results are
     # bit-identical across both (floating-point sums depend on their order).
-    step = chunking.bytes_per_step(x.sizes["variable"], x.sizes["lat"], x.sizes["lon"])
-    return x.chunk({"time": chunking.time_chunk_length(x.sizes["time"], step)})
+    first = fields[0]
+    step = chunking.bytes_per_step(len(variables), first.sizes["lat"], first.sizes["lon"])
+    length = chunking.time_chunk_length(first.sizes["time"], step)
+    blocks = [f.data.rechunk({0: length}) for f in fields]
+    data = da.blockwise(
+        _stack_fields, "tvyx", *(a for b in blocks for a in (b, "tyx")),
+        new_axes={"v": len(variables)}, dtype=np.float32, concatenate=True,
+    )  # fmt: skip
+    coords = {k: c for k, c in first.coords.items() if set(c.dims) <= {"time", "lat", "lon"}}
+    names = np.array(variables, dtype=object)  # as to_array makes it (the store's dtype)
+    x = xr.DataArray(
+        data, dims=("time", "variable", "lat", "lon"), coords={**coords, "variable": names}
+    )
+    return x, blocks
+
+
+def _dask(a: Any) -> da.Array:
+    """``a`` as a Dask array. Not by xarray's ``chunk()``: it tokenizes every coordinate,
+    pickling a time index of cftime dates (about 1 s per 100,000 of them) each time."""
+    return a if isinstance(a, da.Array) else da.from_array(a, chunks=a.shape)
+
+
+def _stack_fields(*fields: np.ndarray) -> np.ndarray:
+    return np.stack(fields, axis=1)
 
 
 def _normalisation(
-    train: xr.DataArray, clim: xr.DataArray, variables: list[str]
+    x: xr.DataArray,
+    clim: xr.DataArray,
+    variables: list[str],
+    steps: slice,
+    blocks: _Blocks | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per variable of the training period's anomalies (float64)."""
-    zero, one = np.zeros(len(variables)), np.ones(len(variables))
-    raw_anom = anomalies(train, clim, zero, one).data
-    parts = [dask.delayed(_moments)(blk) for blk in raw_anom.to_delayed().ravel()]
-    count, total, total_sq = tree_sum(parts).compute()
+    """Mean and std per variable of the anomalies over the time ``steps`` (the training
+    period) of ``x`` (float64)."""
+    period = clim["period"].attrs
+    idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
+    blocks = blocks or _Blocks(_fields_of(x))
+    counted, used = _counted(blocks, idx, steps)
+    shape = (3, len(variables), *(1,) * (x.ndim - 2))  # a block's moments per variable
+    parts = _per_block(_anomaly_moments, blocks, counted, shape, clim.values).to_delayed()
+    total = tree_sum([parts.ravel()[b] for b in used]).compute()[0]
+    count, total, total_sq = total.reshape(3, len(variables))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean, sq = total / count, total_sq / count
     std = np.sqrt(np.maximum(sq - mean**2, 0.0))
@@ -226,18 +427,19 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     raw = raw.reset_coords(drop=True)  # ingest's per-step summary is not carried on
     axis = check_raw(raw, variables)
     kind = climatology_for(params["climatology"], axis.resolution, f"raw data ({axis.frequency})")
-    x = _canonical_blocks(raw, variables, params["coarsen"])
+    x, fields = _canonical_blocks(raw, variables, params["coarsen"])
     bounds = splits.split_indices(raw, params["split"], "raw data")
     t0, t1 = bounds["train"]
-    train = x.isel(time=slice(t0, t1))
+    train = slice(t0, t1)
     window = params["climatology_window"]
-    hours = hours_of_day(train["time"]) if kind == "hour_dayofyear" else None
+    hours = hours_of_day(x["time"][train]) if kind == "hour_dayofyear" else None
     log.info("climatology (%s, window %d) over %d training steps", kind, window, t1 - t0)
-    clim = climatology(train, kind, window, hours)
-    mean, std = _normalisation(train, clim, variables)
+    blocks = _Blocks(fields)
+    clim = climatology(x, kind, window, hours, train, blocks)
+    mean, std = _normalisation(x, clim, variables, train, blocks)
     out = xr.Dataset(
         {
-            "anomaly": anomalies(x, clim, mean, std),
+            "anomaly": anomalies(x, clim, mean, std, blocks),
             "climatology": clim,
             "mean": ("variable", mean.astype(np.float64)),
             "std": ("variable", std.astype(np.float64)),

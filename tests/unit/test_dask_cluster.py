@@ -231,6 +231,42 @@ def test_out_of_core_preprocess_stays_within_worker_memory(
         xr.testing.assert_identical(got["anomaly"][sl].load(), ref["anomaly"][sl].load())
 
 
+def test_out_of_core_with_the_canonical_blocks_spills_no_block_and_matches_in_memory(
+    tmp_path: Path,
+):
+    """The canonical 32 MB blocks (no smaller ones) on 300 MB workers: each block is read,
+    used and dropped in one task, so nothing spills, and the store holds the same bytes as
+    the one preprocessed in memory without Dask workers. The raw store in chunks of half a
+    block (Dask merges two into each block, inside the task that uses it)."""
+    n_days = 27 * 1024  # 0.45 GB: 14 canonical blocks, more than a worker's whole limit
+    raw_path = tmp_path / "raw.zarr"
+    write_store(lazy_raw(n_days, chunk_days=1024), raw_path, {"time": 1024})
+    params = {**PARAMS, "climatology": "month", "split": _split(n_days)}
+    alloc = Allocation(cpus=2, memory_bytes=int(2 * WORKER_MEMORY / 0.8), gpus=0, in_slurm=False)
+    with dask_runtime(alloc, "local") as client:
+        pids = client.run(os.getpid)
+        raw = open_store(raw_path)
+        assert chunking.time_chunk_length(n_days, 2 * 4 * 32 * 64) == 2048  # 32 MB
+        ds, stats = pp.preprocess(raw, params)
+        write_store(ds, tmp_path / "ooc.zarr", chunking.preprocessed_chunks(ds))
+        assert client.run(os.getpid) == pids, "a worker was restarted"
+        peaks, spilled = client.run(_peak_memory), client.run(_spilled_bytes)
+    assert all(p < WORKER_MEMORY for p in peaks.values()), peaks
+    # No block: at most some of the blocks' partial sums (under 1 MB each), as a worker this
+    # small passes its spill threshold (70 %) while it computes, its own ~150 MB included.
+    assert sum(spilled.values()) < raw.nbytes / 100, spilled
+    ref, ref_stats = pp.preprocess(open_store(raw_path).load(), params)
+    write_store(ref, tmp_path / "mem.zarr", chunking.preprocessed_chunks(ref))
+    assert stats == ref_stats
+    xr.testing.assert_identical(open_store(tmp_path / "ooc.zarr").load(), ref.load())
+    files = sorted(f.relative_to(tmp_path / "mem.zarr") for f in (tmp_path / "mem.zarr").rglob("*"))
+    for f in files:
+        if (tmp_path / "mem.zarr" / f).is_file():
+            assert (tmp_path / "ooc.zarr" / f).read_bytes() == (
+                tmp_path / "mem.zarr" / f
+            ).read_bytes(), f
+
+
 def _peak_memory(dask_worker) -> float:
     return max(m for m in dask_worker.monitor.range_query(start=0)["memory"] if m is not None)
 
