@@ -6,7 +6,7 @@ Off by default: each rule asks for its tier (workflow/rules/common.smk). On
 earlier jobs with the same wildcard names (all ``train`` jobs, whatever the model and seed),
 times ``headroom``, rounded up (memory to ``mem_step_mb``, time to whole minutes), at least
 ``min_mem_mb`` / ``min_runtime``; the retry of a job killed for either still asks for that
-times ``attempt`` (with ``per_attempt``, on by default, as a tier does); and the result is held to the limits the profile declares for the rule's
+times ``attempt``; and the result is held to the limits the profile declares for the rule's
 partition (``limits: {gpu: {mem_mb: ..., runtime: ...}}``; ``default`` for rules without one).
 A rule without history keeps its tier. Like Nextflow's ``resourceLimits``, a limit caps;
 it never raises.
@@ -25,7 +25,6 @@ from hpcpipe.provenance import manifests
 
 DEFAULTS: dict[str, Any] = {
     "from_usage": False,
-    "per_attempt": True,
     "headroom": 1.5,
     "min_mem_mb": 200,
     "min_runtime": 5,
@@ -38,8 +37,7 @@ NO_PARTITION = "default"  # the limits of rules that name no slurm_partition (a 
 def settings(section: Mapping[str, Any] | None) -> dict[str, Any]:
     """The section with its defaults; values given on the command line may be strings."""
     out = {**DEFAULTS, **(section or {})}
-    for key in ("from_usage", "per_attempt"):
-        out[key] = str(out[key]).lower() in ("true", "1", "yes")
+    out["from_usage"] = str(out["from_usage"]).lower() in ("true", "1", "yes")
     for key in ("headroom", "min_mem_mb", "min_runtime", "mem_step_mb"):
         out[key] = float(out[key])
     return out
@@ -78,8 +76,6 @@ def sized(
 ) -> int:  # fmt: skip
     """``resource`` ("mem_mb" or "runtime", minutes) of a job of ``rule`` at ``attempt``."""
     cfg = settings(section)
-    if not cfg["per_attempt"]:
-        attempt = 1
     if not cfg["from_usage"]:  # off: no manifest is read (the plan stays as fast as before)
         return tier_value * attempt
     seen = history(os.path.abspath(root)).get((rule, tuple(sorted(dict(wildcards.items())))))

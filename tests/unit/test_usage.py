@@ -71,10 +71,6 @@ def test_sizing_takes_the_largest_job_with_headroom_floor_limit_and_attempt(tmp_
     assert sized(on, "summary", {}, "mem_mb", 1000, 1, **args) == 200  # the floor
     assert sized(on, "evaluate", wc, "mem_mb", 4000, 2, **args) == 8000  # no history: tier
     assert sized({}, "train", wc, "mem_mb", 4000, 1, **args) == 4000  # off by default
-    assert sized({}, "train", wc, "mem_mb", 4000, 2, **args) == 8000  # a retry gets more
-    fixed = {"per_attempt": "false"}  # the laptop profile: attempts change nothing
-    assert sized(fixed, "train", wc, "mem_mb", 4000, 2, **args) == 4000
-    assert sized({**on, **fixed}, "train", wc, "mem_mb", 4000, 3, **args) == 600
     data = rows(tmp_path)
     assert [r["rule"] for r in data] == ["summary", "train", "train"]
     assert all("mem x" in r["flags"] for r in data)

@@ -70,8 +70,7 @@ wildcard_constraints:
 
 
 # Resource tiers (like nf-core labels): one place for sizes. Memory and runtime grow
-# with each retry (attempt), so a job killed for lack of either gets more next time; not in
-# the laptop profile (`sizing: {per_attempt: false}`), where local jobs are held to neither.
+# with each retry (attempt), so a job killed for lack of either gets more next time.
 # Site words (partitions, accounts) are the profile's; a rule names only its tier.
 # With the runtime section `sizing: {from_usage: true}` (a profile's setting) a rule that
 # has run before asks for what it used instead, x headroom, within the partition's limits
@@ -102,17 +101,7 @@ def tier_threads(name):
 def tier_resources(name, **extra):
     """A tier's mem_mb and runtime (or those sized from usage), scaled by the attempt, plus
     the rule's own extras."""
-    from hpcpipe.sizing import partition_of, settings, sized
-
-    sizing = settings(config.get("sizing"))
-    if not (sizing["from_usage"] or sizing["per_attempt"]):
-        # Nothing can change them (the laptop profile): numbers, not functions Snakemake
-        # calls for every job it plans (scripts/bench sweep measures the difference).
-        return {
-            "mem_mb": TIERS[name]["mem_mb"],
-            "runtime": TIERS[name]["runtime"],
-            **extra,
-        }
+    from hpcpipe.sizing import partition_of, sized
 
     def size(resource):
         @job_function
