@@ -4,7 +4,7 @@ All statistics (climatology, mean/std, extreme quantiles) come from the training
 only, so nothing from val/test leaks into the model. Each pass over the data is one small
 Dask graph with one task per storage chunk: climatology sums, anomaly statistics, write.
 Each task reads its own block and keeps only small sums (or writes the block), so data
-larger than the workers' memory streams through them without spilling (:class:`_Blocks`).
+larger than the workers' memory streams through them without spilling (:mod:`hpcpipe.blocks`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.base import tokenize
-from dask.core import flatten
 
 from hpcpipe import chunking, grid, splits
+from hpcpipe.blocks import Blocks, as_dask, counted_steps, fields_of, per_block, tree_sum
 from hpcpipe.contracts import check_raw
 from hpcpipe.periods import hours_of_day, period_index
 from hpcpipe.timeaxis import climatology_for
@@ -54,116 +53,6 @@ def _period_sums(fields: tuple[np.ndarray, ...], idx: np.ndarray, n: int) -> np.
     return out
 
 
-def _add(*parts: np.ndarray) -> np.ndarray:
-    total = parts[0].copy()
-    for part in parts[1:]:
-        total += part
-    return total
-
-
-def tree_sum(parts: list[Any], split_every: int = 4) -> Any:
-    """Sum of delayed arrays as a tree of small additions, in a fixed order.
-
-    Memory stays bounded (a task holds ``split_every`` parts, never all of them), and the
-    order of the additions is set by the list alone, so results do not depend on the number
-    of workers or on which part finishes first.
-    """
-    if not parts:
-        raise ValueError("nothing to sum")
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(_add)(*parts[i : i + split_every]) if len(parts[i : i + split_every]) > 1
-            else parts[i]
-            for i in range(0, len(parts), split_every)
-        ]  # fmt: skip
-    return parts[0]
-
-
-class _Blocks:
-    """The time blocks of the variables ``fields`` (Dask arrays (time, ...), in the same time
-    blocks), each computed inside the task that uses it.
-
-    A task of the passes reads its block's chunks of every variable, and whatever Dask does
-    to make them (a rechunk that merges chunks of the input, coarsening), itself: none is
-    ever a task's result. Dask counts every such result as managed memory, a view as much
-    as a copy, and spills past its target, which a worker whose own memory is most of its
-    limit passes with one block; blockwise fusion does not reach through a rechunk.
-    """
-
-    def __init__(self, fields: list[da.Array]) -> None:
-        fields = [f.rechunk({i: -1 for i in range(1, f.ndim)}) for f in fields]  # whole fields
-        self.chunks: tuple[int, ...] = fields[0].chunks[0]
-        self.starts = np.concatenate([[0], np.cumsum(self.chunks)]).astype(int)
-        self.grid: tuple[int, ...] = fields[0].shape[1:]
-        self.n_fields = len(fields)
-        self.graphs: list[tuple[dict, list]] = []
-        for b in range(len(self.chunks)):
-            graph: dict = {}
-            keys = []
-            for f in fields:
-                block = f.blocks[b]
-                keys.append(next(iter(flatten(block.__dask_keys__()))))
-                graph.update(block.__dask_optimize__(block.__dask_graph__(), keys[-1:]))
-            self.graphs.append((graph, keys))
-        self.name = "blocks-" + tokenize(*(f.name for f in fields))
-
-    def read(self, b: int) -> tuple[np.ndarray, ...]:
-        """Block ``b`` of every variable, computed here by the synchronous scheduler."""
-        graph, keys = self.graphs[b]
-        return tuple(dask.get(graph, keys))
-
-    def ids(self) -> da.Array:
-        return da.arange(len(self.chunks), chunks=1)
-
-    def node(self) -> Any:
-        """This object as one node of a graph (sent once to each worker, not with each task)."""
-        return dask.delayed(self, name=self.name)
-
-
-def _per_block(
-    func: Any, blocks: _Blocks, idx: np.ndarray, shape: tuple[int, ...], *whole: Any, **kw: Any
-) -> da.Array:
-    """``func(fields_block, idx_block, *whole, **kw)`` of every time block: a small float64
-    result of ``shape`` per block, stacked along a new first axis (a row per block). One task
-    per block, which reads the block, reduces it and drops it (see :class:`_Blocks`).
-    ``idx``, ``whole``: arrays for every task, each one node of the graph."""
-    rows = tuple(f"r{i}" for i in range(len(shape)))
-    return da.blockwise(
-        _one_row, ("b", *rows), blocks.ids(), ("b",), blocks.node(), None, dask.delayed(idx),
-        None, *(a for w in whole for a in (dask.delayed(w), None)), reduce=func, reduce_kw=kw,
-        dtype=np.float64, new_axes=dict(zip(rows, shape, strict=True)),
-    )  # fmt: skip
-
-
-def _one_row(
-    b: np.ndarray, blocks: _Blocks, idx: np.ndarray, *whole: Any, reduce: Any, reduce_kw: dict
-) -> Any:
-    fields, start = blocks.read(int(b[0])), blocks.starts[int(b[0])]
-    idx = idx[start : start + fields[0].shape[0]]
-    # Only the block's steps that count (those of the training period, contiguous): the
-    # same rows, in the same slices, as the block of the training period alone would have.
-    rows = np.flatnonzero(idx >= 0)
-    rows = slice(rows[0], rows[-1] + 1) if rows.size else slice(0, 0)
-    return reduce(tuple(f[rows] for f in fields), idx[rows], *whole, **reduce_kw)[None]
-
-
-def _fields_of(x: xr.DataArray) -> list[da.Array]:
-    """The variables (axis 1) of ``x`` (time, variable, ...) apart, as Dask arrays."""
-    data = _dask(x.data)
-    return [data[:, v] for v in range(x.shape[1])]
-
-
-def _counted(blocks: _Blocks, idx: np.ndarray, steps: slice) -> tuple[np.ndarray, list[int]]:
-    """The period index of each time step (-1 outside ``steps``) and the blocks that hold
-    some of ``steps``: the reductions run over the blocks of the whole array, so that the
-    training period's blocks are the same blocks as the others'."""
-    counted = np.full(idx.shape, -1, dtype=idx.dtype)
-    counted[steps] = idx[steps]
-    t0, t1, _ = steps.indices(idx.size)
-    starts = blocks.starts
-    return counted, [b for b in range(len(starts) - 1) if starts[b + 1] > t0 and starts[b] < t1]
-
-
 def _circular_smooth(a: np.ndarray, window: int) -> np.ndarray:
     """Centred moving sum over axis 0, wrapping around the year."""
     if window <= 1:
@@ -187,7 +76,7 @@ def climatology(
     window: int,
     hours: list[int] | None = None,
     steps: slice = slice(None),
-    blocks: _Blocks | None = None,
+    blocks: Blocks | None = None,
 ) -> xr.DataArray:
     """Mean per period of ``x`` (time, variable, ...) over its time ``steps`` (all by
     default), smoothed circularly over the days of the year for ``dayofyear`` and
@@ -195,10 +84,10 @@ def climatology(
     stacks them (read apart, a block is never stacked)."""
     idx, n = period_index(x["time"], kind, hours)
     per_day = len(hours or ()) if kind == "hour_dayofyear" else 1
-    blocks = blocks or _Blocks(_fields_of(x))
-    counted, used = _counted(blocks, idx, steps)
+    blocks = blocks or Blocks(fields_of(x))
+    counted, used = counted_steps(blocks, idx, steps)
     shape = (2, n, x.shape[1], *x.shape[2:])
-    sums_d = _per_block(_period_sums, blocks, counted, shape, n=n).to_delayed()
+    sums_d = per_block(_period_sums, blocks, counted, shape, n=n).to_delayed()
     total = tree_sum([sums_d.ravel()[b] for b in used]).compute()[0]
     sums, counts = total[0], total[1]
     if kind in ("dayofyear", "hour_dayofyear"):
@@ -263,7 +152,7 @@ class _Anomalies:
 
 def _block_anomaly(
     b: np.ndarray,
-    blocks: _Blocks,
+    blocks: Blocks,
     idx: np.ndarray,
     clim: np.ndarray,
     mean: np.ndarray,
@@ -285,14 +174,14 @@ def anomalies(
     clim: xr.DataArray,
     mean: np.ndarray,
     std: np.ndarray,
-    blocks: _Blocks | None = None,
+    blocks: Blocks | None = None,
 ) -> xr.DataArray:
     """(x - climatology[period(t)] - mean) / std, blockwise over time chunks (no big graph):
-    one task per block, which reads the block (see :class:`_Blocks`) and which the store's
+    one task per block, which reads the block (see :class:`Blocks`) and which the store's
     write of the block joins. ``blocks``: as for :func:`climatology`."""
     period = clim["period"].attrs
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
-    blocks = blocks or _Blocks(_fields_of(x))
+    blocks = blocks or Blocks(fields_of(x))
     axes = "vyxwz"[: 1 + len(blocks.grid)]
     out = da.blockwise(
         _block_anomaly, "t" + axes, blocks.ids(), "t", blocks.node(), None, dask.delayed(idx),
@@ -346,7 +235,7 @@ def _canonical_blocks(
         # is not blockwise: Dask would keep every variable's block and the stacked one as
         # results), and never stack a whole block.
         f = raw[v].transpose("time", "lat", "lon").astype(np.float32)
-        f = f.copy(deep=False, data=_dask(f.data).rechunk({1: -1, 2: -1}))
+        f = f.copy(deep=False, data=as_dask(f.data).rechunk({1: -1, 2: -1}))
         if coarsen > 1:
             f = f.coarsen(lat=coarsen, lon=coarsen, boundary="trim").mean()
         fields.append(f)
@@ -369,12 +258,6 @@ def _canonical_blocks(
     return x, blocks
 
 
-def _dask(a: Any) -> da.Array:
-    """``a`` as a Dask array. Not by xarray's ``chunk()``: it tokenizes every coordinate,
-    pickling a time index of cftime dates (about 1 s per 100,000 of them) each time."""
-    return a if isinstance(a, da.Array) else da.from_array(a, chunks=a.shape)
-
-
 def _stack_fields(*fields: np.ndarray) -> np.ndarray:
     return np.stack(fields, axis=1)
 
@@ -384,16 +267,16 @@ def _normalisation(
     clim: xr.DataArray,
     variables: list[str],
     steps: slice,
-    blocks: _Blocks | None = None,
+    blocks: Blocks | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per variable of the anomalies over the time ``steps`` (the training
     period) of ``x`` (float64)."""
     period = clim["period"].attrs
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
-    blocks = blocks or _Blocks(_fields_of(x))
-    counted, used = _counted(blocks, idx, steps)
+    blocks = blocks or Blocks(fields_of(x))
+    counted, used = counted_steps(blocks, idx, steps)
     shape = (3, len(variables), *(1,) * (x.ndim - 2))  # a block's moments per variable
-    parts = _per_block(_anomaly_moments, blocks, counted, shape, clim.values).to_delayed()
+    parts = per_block(_anomaly_moments, blocks, counted, shape, clim.values).to_delayed()
     total = tree_sum([parts.ravel()[b] for b in used]).compute()[0]
     count, total, total_sq = total.reshape(3, len(variables))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -434,7 +317,7 @@ def preprocess(raw: xr.Dataset, params: dict[str, Any]) -> tuple[xr.Dataset, dic
     window = params["climatology_window"]
     hours = hours_of_day(x["time"][train]) if kind == "hour_dayofyear" else None
     log.info("climatology (%s, window %d) over %d training steps", kind, window, t1 - t0)
-    blocks = _Blocks(fields)
+    blocks = Blocks(fields)
     clim = climatology(x, kind, window, hours, train, blocks)
     mean, std = _normalisation(x, clim, variables, train, blocks)
     out = xr.Dataset(
