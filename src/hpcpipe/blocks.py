@@ -72,10 +72,12 @@ class Blocks:
             self.graphs.append((graph, keys))
         self.name = "blocks-" + tokenize(*(f.name for f in fields))
 
-    def read(self, b: int) -> tuple[np.ndarray, ...]:
-        """Block ``b`` of every variable, computed here by the synchronous scheduler."""
+    def read(self, b: int, idx: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """Block ``b`` of every variable, computed here by the synchronous scheduler, and the
+        block's rows of ``idx`` (a value per time step of the whole array)."""
         graph, keys = self.graphs[b]
-        return tuple(dask.get(graph, keys))
+        fields = tuple(dask.get(graph, keys))
+        return fields, idx[self.starts[b] : self.starts[b] + fields[0].shape[0]]
 
     def ids(self) -> da.Array:
         return da.arange(len(self.chunks), chunks=1)
@@ -85,26 +87,35 @@ class Blocks:
         return dask.delayed(self, name=self.name)
 
 
-def per_block(
-    func: Any, blocks: Blocks, idx: np.ndarray, shape: tuple[int, ...], *whole: Any, **kw: Any
-) -> da.Array:
-    """``func(fields_block, idx_block, *whole, **kw)`` of every time block: a small float64
-    result of ``shape`` per block, stacked along a new first axis (a row per block). One task
-    per block, which reads the block, reduces it and drops it (see :class:`Blocks`).
-    ``idx``, ``whole``: arrays for every task, each one node of the graph."""
+def sum_over_steps(
+    func: Any,
+    blocks: Blocks,
+    idx: np.ndarray,
+    steps: slice,
+    shape: tuple[int, ...],
+    *whole: Any,
+    **kw: Any,
+) -> np.ndarray:
+    """The sum over the blocks that hold some of the time ``steps`` of
+    ``func(fields_block, idx_block, *whole, **kw)``, a small float64 result of ``shape``
+    per block, of the block's rows within ``steps`` only. One task per block, which reads
+    the block, reduces it and drops it (see :class:`Blocks`); the sums as a tree in a fixed
+    order. ``idx``: the period index of each time step; ``idx``, ``whole``: arrays for
+    every task, each one node of the graph."""
+    counted, used = _counted_steps(blocks, idx, steps)
     rows = tuple(f"r{i}" for i in range(len(shape)))
-    return da.blockwise(
-        _one_row, ("b", *rows), blocks.ids(), ("b",), blocks.node(), None, dask.delayed(idx),
+    parts = da.blockwise(
+        _one_row, ("b", *rows), blocks.ids(), ("b",), blocks.node(), None, dask.delayed(counted),
         None, *(a for w in whole for a in (dask.delayed(w), None)), reduce=func, reduce_kw=kw,
         dtype=np.float64, new_axes=dict(zip(rows, shape, strict=True)),
-    )  # fmt: skip
+    ).to_delayed().ravel()  # fmt: skip
+    return tree_sum([parts[b] for b in used]).compute()[0]
 
 
 def _one_row(
     b: np.ndarray, blocks: Blocks, idx: np.ndarray, *whole: Any, reduce: Any, reduce_kw: dict
 ) -> Any:
-    fields, start = blocks.read(int(b[0])), blocks.starts[int(b[0])]
-    idx = idx[start : start + fields[0].shape[0]]
+    fields, idx = blocks.read(int(b[0]), idx)
     # Only the block's steps that count (those of the training period, contiguous): the
     # same rows, in the same slices, as the block of the training period alone would have.
     rows = np.flatnonzero(idx >= 0)
@@ -118,7 +129,7 @@ def fields_of(x: xr.DataArray) -> list[da.Array]:
     return [data[:, v] for v in range(x.shape[1])]
 
 
-def counted_steps(blocks: Blocks, idx: np.ndarray, steps: slice) -> tuple[np.ndarray, list[int]]:
+def _counted_steps(blocks: Blocks, idx: np.ndarray, steps: slice) -> tuple[np.ndarray, list[int]]:
     """The period index of each time step (-1 outside ``steps``) and the blocks that hold
     some of ``steps``: the reductions run over the blocks of the whole array, so that the
     training period's blocks are the same blocks as the others'."""

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from hpcpipe import chunking, grid, splits
-from hpcpipe.blocks import Blocks, as_dask, counted_steps, fields_of, per_block, tree_sum
+from hpcpipe.blocks import Blocks, as_dask, fields_of, sum_over_steps
 from hpcpipe.contracts import check_raw
 from hpcpipe.periods import hours_of_day, period_index
 from hpcpipe.timeaxis import climatology_for
@@ -85,10 +85,8 @@ def climatology(
     idx, n = period_index(x["time"], kind, hours)
     per_day = len(hours or ()) if kind == "hour_dayofyear" else 1
     blocks = blocks or Blocks(fields_of(x))
-    counted, used = counted_steps(blocks, idx, steps)
     shape = (2, n, x.shape[1], *x.shape[2:])
-    sums_d = per_block(_period_sums, blocks, counted, shape, n=n).to_delayed()
-    total = tree_sum([sums_d.ravel()[b] for b in used]).compute()[0]
+    total = sum_over_steps(_period_sums, blocks, idx, steps, shape, n=n)
     sums, counts = total[0], total[1]
     if kind in ("dayofyear", "hour_dayofyear"):
         sums, counts = _smooth_days(sums, window, per_day), _smooth_days(counts, window, per_day)
@@ -159,8 +157,7 @@ def _block_anomaly(
     std: np.ndarray,
 ) -> np.ndarray:
     """The float32 anomalies of block ``b`` (time, variable, ...)."""
-    fields, start = blocks.read(int(b[0])), blocks.starts[int(b[0])]
-    idx = idx[start : start + fields[0].shape[0]]
+    fields, idx = blocks.read(int(b[0]), idx)
     out = np.empty((fields[0].shape[0], len(fields), *fields[0].shape[1:]), dtype=np.float32)
     # Slices of the block: the float64 temporaries stay a few MB (same values as at once).
     anomalies = _Anomalies(tuple(fields), clim, mean, std)
@@ -274,10 +271,8 @@ def _normalisation(
     period = clim["period"].attrs
     idx, _ = period_index(x["time"], period["kind"], period.get("hours"))
     blocks = blocks or Blocks(fields_of(x))
-    counted, used = counted_steps(blocks, idx, steps)
     shape = (3, len(variables), *(1,) * (x.ndim - 2))  # a block's moments per variable
-    parts = per_block(_anomaly_moments, blocks, counted, shape, clim.values).to_delayed()
-    total = tree_sum([parts.ravel()[b] for b in used]).compute()[0]
+    total = sum_over_steps(_anomaly_moments, blocks, idx, steps, shape, clim.values)
     count, total, total_sq = total.reshape(3, len(variables))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean, sq = total / count, total_sq / count
