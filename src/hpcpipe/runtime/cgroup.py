@@ -35,16 +35,21 @@ def memory_cgroup(proc: Path = PROC_CGROUP, sysfs: Path = SYS_CGROUP) -> Path | 
     return None
 
 
+def _up(here: Path | None, sysfs: Path) -> list[Path]:
+    """``here`` and the cgroups above it, up to its controller's root."""
+    out: list[Path] = []
+    while here is not None:
+        out.append(here)
+        if here in (sysfs, sysfs / "memory") or here == here.parent:
+            break
+        here = here.parent
+    return out
+
+
 def job_cgroup(proc: Path = PROC_CGROUP, sysfs: Path = SYS_CGROUP) -> Path | None:
     """The memory cgroup of this process's SLURM job (``.../job_<id>``), or None outside one."""
-    here = memory_cgroup(proc, sysfs)
-    while here is not None and here != here.parent:
-        if here.name.startswith("job_"):
-            return here
-        if here in (sysfs, sysfs / "memory"):
-            return None
-        here = here.parent
-    return None
+    jobs = [c for c in _up(memory_cgroup(proc, sysfs), sysfs) if c.name.startswith("job_")]
+    return jobs[0] if jobs else None
 
 
 def _limit(where: Path) -> int | None:
@@ -61,16 +66,7 @@ def _limit(where: Path) -> int | None:
 def memory_limit_bytes(proc: Path = PROC_CGROUP, sysfs: Path = SYS_CGROUP) -> int | None:
     """The tightest memory limit over this process's cgroup and its ancestors (a limit set
     above it, as a SLURM job's over its steps, holds it too); None if nothing limits it."""
-    here = memory_cgroup(proc, sysfs)
-    limits = []
-    while here is not None:
-        if (found := _limit(here)) is not None:
-            limits.append(found)
-        if here in (sysfs, sysfs / "memory") or here == here.parent:
-            break
-        here = here.parent
+    limits = [n for c in _up(memory_cgroup(proc, sysfs), sysfs) if (n := _limit(c)) is not None]
     if not limits:  # no readable cgroup of its own: a container's namespaced root
-        for root in (sysfs, sysfs / "memory"):
-            if (found := _limit(root)) is not None:
-                limits.append(found)
+        limits = [n for c in (sysfs, sysfs / "memory") if (n := _limit(c)) is not None]
     return min(limits) if limits else None
