@@ -82,3 +82,65 @@ def test_streamed_batches_are_the_in_memory_batches(tmp_path: Path):
         (xm, ym), (xd, yd) = mem.batch(idx), disk.batch(idx)
         assert torch.equal(xm, xd) and torch.equal(ym, yd)
         assert xd.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_streamed_epochs_read_ahead_give_the_in_memory_batches(tmp_path: Path, threads: int):
+    import torch
+
+    from hpcpipe.train.data import TensorSource, sample_order
+
+    ds = _features(tmp_path / "f.zarr", n=50)
+    cpu = torch.device("cpu")
+    mem, disk = TensorSource(ds, True, cpu), TensorSource(ds, False, cpu, read_threads=threads)
+    order = torch.from_numpy(sample_order(disk.n, disk.block, 0, 1))
+    # batches within a chunk and across two (4), and across several chunks (13 > 6)
+    for size in (4, 13):
+        got = list(disk.batches(order.split(size)))
+        assert disk._ahead is None  # the epoch's read threads stopped with it
+        want = [mem.batch(idx) for idx in order.split(size)]
+        assert len(got) == len(want)
+        for (xd, yd), (xm, ym) in zip(got, want, strict=True):
+            assert torch.equal(xd, xm) and torch.equal(yd, ym)
+            assert xd.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_read_ahead_reads_in_order_within_its_bound_and_raises_a_read_error():
+    import threading
+
+    from hpcpipe.train.loader import ReadAhead
+
+    lock = threading.Lock()
+    live: set[int] = set()
+    started: list[int] = []
+    peak = 0
+
+    def read(k: int) -> int:
+        nonlocal peak
+        with lock:
+            started.append(k)
+            live.add(k)
+            peak = max(peak, len(live))
+        return k * 10
+
+    order = [5, 5, 2, 9, 7, 1, 3]
+    ahead = ReadAhead(order, read, threads=2)
+    try:
+        for keys in ([5], [5, 2], [2], [9], [7, 1], [3]):
+            assert ahead.get(keys) == [k * 10 for k in keys]
+            with lock:  # what is held: this request's keys and at most 2 ahead
+                live &= set(ahead._futures)
+                assert len(ahead._futures) <= len(keys) + 2, ahead._futures
+        assert ahead.get([9]) == [90]  # released before, asked for again: read again
+    finally:
+        ahead.close()
+    assert started[:6] == [5, 2, 9, 7, 1, 3] and started[6:] == [9]
+    assert peak <= 4
+
+    def fails(k: int) -> int:
+        raise OSError(f"chunk {k} unreadable")
+
+    broken = ReadAhead([0, 1], fails, threads=1)
+    with pytest.raises(OSError, match="chunk 0 unreadable"):
+        broken.get([0])
+    broken.close()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import torch
 import xarray as xr
@@ -25,7 +24,7 @@ from hpcpipe.contracts import check_features
 from hpcpipe.grid import kind as grid_kind
 from hpcpipe.runtime.allocation import IN_MEMORY_SHARE, ON_GPU_SHARE, Allocation, memory_per_task
 from hpcpipe.store import decode_str, open_store
-from hpcpipe.train.loader import Prefetcher
+from hpcpipe.train.loader import Prefetcher, ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +32,15 @@ log = logging.getLogger(__name__)
 MEMORY_FORMAT = torch.channels_last
 # Batches prepared ahead of the step (in a thread) when they come from the host or the store.
 PREFETCH_DEPTH = 2
+# Store chunks read at once, ahead of the batches, by a GPU rank streaming its features: one
+# thread per CPU of the rank up to this (each holds one chunk more). A CPU rank reads with one:
+# its cores run the training step, which is slower than one reader (scripts/bench io).
+MAX_READ_THREADS = 4
+
+
+def read_threads(device: torch.device, cpus: int) -> int:
+    """Threads that read store chunks ahead for a rank on ``device`` with ``cpus`` CPUs."""
+    return max(1, min(MAX_READ_THREADS, cpus)) if device.type == "cuda" else 1
 
 
 # glibc's malloc gives each thread that allocates its own arena (up to 8 per core), and the
@@ -57,10 +65,10 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _read(da: xr.DataArray, rows: slice | None = None) -> np.ndarray:
-    # Synchronous: two trainings side by side must not each start a Dask thread pool.
-    with dask.config.set(scheduler="synchronous"):
-        part = da if rows is None else da.isel(sample=rows)
-        return np.asarray(part.values, dtype=np.float32)
+    # Synchronous: two trainings side by side must not each start a Dask thread pool. (Per
+    # call, not dask.config.set: that is global, and several read threads may call this.)
+    part = da if rows is None else da.isel(sample=rows)
+    return np.asarray(part.compute(scheduler="synchronous").values, dtype=np.float32)
 
 
 class TensorSource:
@@ -70,7 +78,9 @@ class TensorSource:
     output, so the loss needs no reshape.
     """
 
-    def __init__(self, ds: xr.Dataset, in_memory: bool, device: torch.device) -> None:
+    def __init__(
+        self, ds: xr.Dataset, in_memory: bool, device: torch.device, read_threads: int = 1
+    ) -> None:
         self.n = int(ds.sizes["sample"])
         self.device = device
         # Where the in-memory samples live: on the GPU when they fit easily, else on the host.
@@ -85,6 +95,8 @@ class TensorSource:
         self.y: torch.Tensor | None = None
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._zarr: dict[str, zarr.Array] = {}
+        self.read_threads = read_threads
+        self._ahead: ReadAhead[int, tuple[np.ndarray, np.ndarray]] | None = None
         self.wait_s = 0.0  # time the training loop waited for prefetched batches
         if in_memory:
             self.block = self.n
@@ -94,6 +106,8 @@ class TensorSource:
             # Out of core: samples are shuffled within store chunks (see sample_order), so a
             # batch touches one or two chunks and each chunk is read about once per epoch.
             self.block = int(ds.chunks["sample"][0])
+            for name in ("inputs", "targets"):  # opened before the read threads share them
+                self._rows(name, slice(0, 0))
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Both arrays whole, channels_last, filled chunk by chunk: the peak is the result
@@ -137,14 +151,14 @@ class TensorSource:
         chunk = ix // self.block
         first = int(chunk[0])
         if (chunk == first).all():  # the usual case: samples are shuffled within chunks
-            cx, cy = self._chunk(first)
+            ((cx, cy),) = self._chunks([first])
             local = ix - first * self.block
             xs, ys = np.take(cx, local, axis=0), np.take(cy, local, axis=0)
         else:
             xs = ys = None
-            for c in np.unique(chunk).tolist():
+            used = np.unique(chunk).tolist()
+            for c, (cx, cy) in zip(used, self._chunks(used), strict=True):
                 sel = np.flatnonzero(chunk == c)
-                cx, cy = self._chunk(c)
                 if xs is None or ys is None:
                     xs = np.empty((len(ix), *cx.shape[1:]), cx.dtype)
                     ys = np.empty((len(ix), *cy.shape[1:]), cy.dtype)
@@ -171,24 +185,42 @@ class TensorSource:
         if not self.prefetch:
             yield from map(self.batch, indices)
             return
-        with Prefetcher(indices, self.gather, depth=PREFETCH_DEPTH) as ahead:
-            try:
-                for xy in ahead:
-                    yield self.to_device(xy)
-            finally:
-                self.wait_s += ahead.wait_s
+        if self.x is None:  # streamed: the epoch's chunks, in the order its batches use them
+            indices = list(indices)
+            used = (i.numpy() // self.block for i in indices)
+            self._ahead = ReadAhead(
+                (int(c) for cs in used for c in cs), self._chunk, self.read_threads
+            )
+        try:
+            with Prefetcher(indices, self.gather, depth=PREFETCH_DEPTH) as ahead:
+                try:
+                    for xy in ahead:
+                        yield self.to_device(xy)
+                finally:
+                    self.wait_s += ahead.wait_s
+        finally:
+            if self._ahead is not None:
+                self._ahead.close()
+                self._ahead = None
+
+    def _chunks(self, cs: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Chunks ``cs`` of the store: read ahead in an epoch, else read here (two kept)."""
+        if self._ahead is not None:
+            return self._ahead.get(cs)
+        out = []
+        for c in cs:
+            if c not in self._cache:
+                if len(self._cache) >= 2:  # a batch spans at most two chunks
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[c] = self._chunk(c)
+            out.append(self._cache[c])
+        return out
 
     def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        if c not in self._cache:
-            if len(self._cache) >= 2:  # a batch spans at most two chunks (one thread reads)
-                self._cache.pop(next(iter(self._cache)))
-            rows = slice(c * self.block, min(self.n, (c + 1) * self.block))
-            x, y = self._rows("inputs", rows), self._rows("targets", rows)
-            self._cache[c] = (
-                np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
-                y.reshape(len(y), *self._flat),
-            )
-        return self._cache[c]
+        """Chunk ``c``: inputs NHWC (as the in-memory samples), targets flat."""
+        rows = slice(c * self.block, min(self.n, (c + 1) * self.block))
+        x, y = self._rows("inputs", rows), self._rows("targets", rows)
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)), y.reshape(len(y), *self._flat)
 
     def _rows(self, name: str, rows: slice) -> np.ndarray:
         """Rows of one array, read straight from the Zarr store (no Dask graph per read)."""
@@ -245,9 +277,12 @@ class Features:
         """The model's flat output channels: every (lead, variable)."""
         return len(self.leads) * len(self.variables)
 
-    def tensors(self, device: torch.device) -> tuple[TensorSource, TensorSource, torch.Tensor]:
-        """Training and validation samples for ``device``, and the loss weights of the mask."""
-        data = TensorSource(self.train, self.in_memory, device)
+    def tensors(
+        self, device: torch.device, cpus: int = 1
+    ) -> tuple[TensorSource, TensorSource, torch.Tensor]:
+        """Training and validation samples for a rank on ``device`` with ``cpus`` CPUs, and the
+        loss weights of the mask."""
+        data = TensorSource(self.train, self.in_memory, device, read_threads(device, cpus))
         val = TensorSource(self.val, self.in_memory, device)
         mask = np.asarray(self.train["mask"].values, bool)
         return data, val, masked_weights(mask, len(self.leads), device)

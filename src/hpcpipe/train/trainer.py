@@ -111,7 +111,7 @@ def train(
         distributed.init(env, device_type) as device,
         StopRequest() as stop,
     ):
-        p = _assemble(job, data, env, device, files, stop)
+        p = _assemble(job, data, env, device, files, stop, threads_per_rank(env, alloc.cpus))
         resumed_from = p.checkpointer.resume(device)
         if main:
             _log_start(job, data, env, device, p)
@@ -169,9 +169,11 @@ def _assemble(
     device: torch.device,
     files: Checkpoints | None,
     stop: StopRequest,
+    cpus: int,
 ) -> _Parts:
-    """Data, model, loop, schedule, run state and checkpointer, wired together."""
-    data, val, weights = features.tensors(device)
+    """Data, model, loop, schedule, run state and checkpointer, wired together (``cpus``:
+    this rank's)."""
+    data, val, weights = features.tensors(device, cpus)
     network = build_network(
         job.model_name, job.model_cfg, job.train_cfg, features, job.seed, env, device
     )
