@@ -105,13 +105,14 @@ def train(
     data = open_features(stores, alloc, main)
     _check_batch_size(train_cfg, env)
     files = _checkpoint_files(job, stores, checkpoint_dir)
+    cpus = threads_per_rank(env, alloc.cpus)  # this rank's: its torch threads and readers
 
     with (
-        torch_settings(threads_per_rank(env, alloc.cpus), seed, deterministic, device_type),
+        torch_settings(cpus, seed, deterministic, device_type),
         distributed.init(env, device_type) as device,
         StopRequest() as stop,
     ):
-        p = _assemble(job, data, env, device, files, stop, threads_per_rank(env, alloc.cpus))
+        p = _assemble(job, data, env, device, files, stop, cpus)
         resumed_from = p.checkpointer.resume(device)
         if main:
             _log_start(job, data, env, device, p)
