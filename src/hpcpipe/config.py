@@ -88,9 +88,18 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return f"{where}: {message} (schema rule: {err.validator})"
 
 
-def validate(config: dict, schema: dict | None = None, source: str = "config") -> dict:
-    """Validate ``config`` in place, filling in defaults; raise ConfigError naming every problem."""
+def validate(
+    config: dict, schema: dict | None = None, source: str = "config", section: str | None = None
+) -> dict:
+    """Validate ``config`` in place, filling in defaults; raise ConfigError naming every problem.
+
+    With ``section``, the schema checks that top-level section only (the others are known
+    valid: a sweep point changes one key), the cross-key rules still the whole config.
+    """
     schema = schema or load_schema()
+    if section is not None:  # no rule of the schema's top level joins two sections
+        only = {section: schema["properties"][section]}
+        schema = {**schema, "properties": only, "additionalProperties": True}
     validator = _with_defaults(jsonschema.Draft202012Validator)(
         schema, format_checker=jsonschema.FormatChecker()
     )

@@ -158,16 +158,18 @@ def _set(config: dict, key: str, value: Any) -> None:
 def _value_problems(config: dict, parameters: dict, schema: dict) -> list[str]:
     """Every value of every key, set into the config, passes the schema and the cross-key
     rules. Value by value, not point by point: no rule joins two sweepable keys today, so a
-    point is valid when each of its values is (a check of 10,000 points would take minutes).
+    point is valid when each of its values is (a check of 10,000 points would take minutes);
+    the schema checks only the key's section, the rest of the config being valid already.
     """
     base = {k: v for k, v in config.items() if k != "sweep"}
     problems = []
     for key, spec in parameters.items():
         for value in dict.fromkeys(map(as_json, _values_of(spec))):
-            trial = copy.deepcopy(base)
+            section = key.split(".")[0]
+            trial = {**base, section: copy.deepcopy(base[section])}  # only it is changed
             _set(trial, key, json.loads(value))
             try:
-                validate(trial, schema, source=f"sweep point with {key}={value}")
+                validate(trial, schema, f"sweep point with {key}={value}", section)
             except ConfigError as exc:
                 problems.append(str(exc).replace("\n  - ", " "))
     return problems

@@ -100,11 +100,18 @@ class Loop:
         self.net.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.val.device)  # [loss sum, count]
         size = 2 * self.local_batch  # no activations kept: twice the training batch fits
-        with torch.no_grad():
-            for s in range(self.v0, self.v1, size):
-                idx = torch.arange(s, min(s + size, self.v1), device=self.val.index_device)
-                x, y = self.val.batch(idx)
-                total[0] += self._loss_sum(x, y)
-                total[1] += len(idx)
+        device = self.val.index_device
+        indices = (
+            torch.arange(s, min(s + size, self.v1), device=device)
+            for s in range(self.v0, self.v1, size)
+        )
+        batches = self.val.batches(indices)  # prepared ahead, as training's (streamed: read ahead)
+        try:
+            with torch.no_grad():
+                for x, y in batches:
+                    total[0] += self._loss_sum(x, y)
+                    total[1] += len(x)
+        finally:
+            batches.close()
         total = distributed.all_reduce_mean(total)  # a ratio of means is the global mean
         return float(total[0] / total[1].clamp(min=1))
